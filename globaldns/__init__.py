@@ -1,0 +1,3 @@
+"""globaldns: the DNS server for Istio multicluster `.global` ServiceEntry names."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,50 @@
+"""`globaldns check PATH`: validate ServiceEntry files, print the name -> addresses table and every problem."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TextIO
+
+from globaldns import table
+from globaldns.errors import ConfigError, SourceError
+from globaldns.sources.files import find_files, parse_file
+
+
+def run_check(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """Exit status 0 when everything is valid, 1 when there is any problem."""
+    if not os.path.exists(args.path):
+        raise ConfigError(f"{args.path}: no such file or directory")
+    entries, problems = [], []
+    for path in find_files(args.path):
+        try:
+            parsed = parse_file(path)
+        except SourceError as error:
+            problems.append(str(error))
+            continue
+        entries += parsed.entries
+        problems += parsed.problems
+    compiled = table.compile(
+        entries,
+        args.zones or ("global",),
+        ttl=30,
+        serial=0,
+        default_addresses=args.default_address or (),
+        auto_allocate=bool(args.auto_allocate),
+    )
+    problems += compiled.conflicts
+    rows = [("NAME", "ADDRESSES", "FROM", "SERVICEENTRY")]
+    for name in sorted(compiled.hosts):
+        host = compiled.hosts[name]
+        rows.append((name, ",".join(map(str, host.addresses)), host.source, f"{host.entry.ref} ({host.entry.origin})"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[3], file=out)
+    unserved = sorted({h for e in entries for h in e.hosts} - set(compiled.hosts))
+    print(f"\n{len(compiled.hosts)} names from {len(entries)} ServiceEntries; {len(problems)} problems", file=out)
+    for name in unserved:
+        print(f"not served: {name} (outside the zones, or no address)", file=out)
+    for problem in problems:
+        print(f"problem: {problem}", file=out)
+    return 1 if problems else 0

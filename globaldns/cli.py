@@ -1,0 +1,163 @@
+"""Command line: argparse flags (each also read from GLOBALDNS_<FLAG>) mapped 1:1 onto Config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from globaldns import __version__, config
+from globaldns.errors import ConfigError
+
+ENV_PREFIX = "GLOBALDNS_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Turn a config parser's ConfigError into the argparse error that names the flag."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__.removeprefix("parse_")
+    return convert
+
+
+def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    serve = commands.add_parser("serve", help="serve DNS", description="Serve the zones over UDP and TCP.")
+    add = serve.add_argument
+    add(
+        "--listen",
+        action="append",
+        type=_typed(config.parse_endpoint),
+        metavar="HOST:PORT",
+        help="address to serve DNS on, UDP and TCP (repeatable; default 0.0.0.0:53)",
+    )
+    add(
+        "--zone",
+        dest="zones",
+        action="append",
+        type=_typed(config.parse_zone),
+        metavar="ZONE",
+        help="zone answered from ServiceEntries (repeatable; default global)",
+    )
+    add("--service-entries", metavar="PATH", help="ServiceEntry YAML file or directory, reloaded on change")
+    add("--ttl", type=_typed(config.parse_ttl), metavar="SECONDS", help="TTL of answers (default 30)")
+    add(
+        "--default-address",
+        action="append",
+        type=_typed(config.parse_ip),
+        metavar="IP",
+        help="address for hosts that have none (repeatable: one IPv4 and one IPv6)",
+    )
+    add(
+        "--auto-allocate",
+        action="store_const",
+        const=True,
+        help="give hosts without addresses a stable one from 240.240.0.0/16 and 2001:2::/48",
+    )
+    add(
+        "--health",
+        type=_typed(config.parse_endpoint),
+        metavar="HOST:PORT",
+        help="/health endpoint (default 0.0.0.0:8080)",
+    )
+    add(
+        "--ready",
+        type=_typed(config.parse_endpoint),
+        metavar="HOST:PORT",
+        help="/ready endpoint (default 0.0.0.0:8181)",
+    )
+    add(
+        "--lameduck",
+        type=_typed(config.parse_seconds),
+        metavar="SECONDS",
+        help="keep serving this long after SIGTERM, not ready (default 5)",
+    )
+    add(
+        "--log-level",
+        type=_typed(config.parse_log_level),
+        metavar="LEVEL",
+        help="debug, info, warning or error (default info)",
+    )
+    add("--log-queries", action="store_const", const=True, help="log one line per query")
+    return serve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="globaldns", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"globaldns {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _serve_parser(commands)
+    check = commands.add_parser(
+        "check",
+        help="validate ServiceEntry files",
+        description="Validate ServiceEntry files; print the table and every problem.",
+    )
+    check.add_argument("path", metavar="PATH", help="ServiceEntry YAML file or directory")
+    check.add_argument("--zone", dest="zones", action="append", type=_typed(config.parse_zone), metavar="ZONE")
+    check.add_argument("--default-address", action="append", type=_typed(config.parse_ip), metavar="IP")
+    check.add_argument("--auto-allocate", action="store_const", const=True)
+    return parser
+
+
+def _from_env(parser: argparse.ArgumentParser, args: argparse.Namespace, environ: dict[str, str]) -> None:
+    """Fill every flag not given on the command line from GLOBALDNS_<FLAG>; repeatable ones split on commas."""
+    subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    for action in subparser._actions:
+        if not action.option_strings or getattr(args, action.dest, None) is not None:
+            continue
+        variable = ENV_PREFIX + action.option_strings[0].lstrip("-").replace("-", "_").upper()
+        text = environ.get(variable)
+        if text is None:
+            continue
+        try:
+            if isinstance(action, argparse._StoreConstAction):
+                if text.strip().lower() not in _TRUE | _FALSE:
+                    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+                value: Any = True if text.strip().lower() in _TRUE else None
+            elif isinstance(action, argparse._AppendAction):
+                convert = action.type or str
+                value = [convert(part) for part in text.split(",") if part.strip()]
+            else:
+                value = (action.type or str)(text)
+        except argparse.ArgumentTypeError as error:
+            subparser.error(f"{variable}: {error}")
+        setattr(args, action.dest, value)
+
+
+def parse_config(
+    argv: Sequence[str], environ: dict[str, str] | None = None
+) -> tuple[str, config.Config | argparse.Namespace]:
+    """argv and the environment -> ("serve", Config) or ("check", Namespace); exits 2 naming a bad flag."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    _from_env(parser, args, dict(os.environ if environ is None else environ))
+    if args.command != "serve":
+        return args.command, args
+    given = {key: value for key, value in vars(args).items() if key != "command" and value is not None}
+    for key in ("listen", "zones", "default_address"):
+        if key in given:
+            given[key] = tuple(dict.fromkeys(given[key]))
+    return "serve", config.Config(**given)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    command, parsed = parse_config(sys.argv[1:] if argv is None else argv)
+    try:
+        if command == "check":
+            from globaldns.check import run_check
+
+            return run_check(parsed)  # type: ignore[arg-type]
+        from globaldns.server import run
+
+        return run(parsed)  # type: ignore[arg-type]
+    except ConfigError as error:
+        print(f"globaldns: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,104 @@
+"""The one frozen Config of a server, every default in one place, and the parsers of its values."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from globaldns.errors import ConfigError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A HOST:PORT to bind; an empty host in the flag means every IPv4 address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything `globaldns serve` can be told; only server.py reads all of it."""
+
+    listen: tuple[Endpoint, ...] = (Endpoint("0.0.0.0", 53),)
+    zones: tuple[str, ...] = ("global",)
+    service_entries: str | None = None
+    ttl: int = 30
+    default_address: tuple[IPAddress, ...] = ()
+    auto_allocate: bool = False
+    health: Endpoint = Endpoint("0.0.0.0", 8080)
+    ready: Endpoint = Endpoint("0.0.0.0", 8181)
+    lameduck: float = 5.0
+    log_level: str = "info"
+    log_queries: bool = False
+    reload_interval: float = 1.0
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1000
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """HOST:PORT, [IPv6]:PORT or :PORT (all IPv4 addresses)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ConfigError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(f"{host!r} in {text!r} is not an IP address") from None
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{port!r} in {text!r} is not a port (0-65535)")
+    return Endpoint(host, int(port))
+
+
+def parse_zone(text: str) -> str:
+    """A zone name, lower-cased, without the trailing dot (`global`, `mesh.example`)."""
+    zone = text.strip().lower().rstrip(".")
+    if not zone or not all(_LABEL.match(label) for label in zone.split(".")):
+        raise ConfigError(f"{text!r} is not a DNS zone name")
+    return zone
+
+
+def parse_ttl(text: str) -> int:
+    """A TTL in seconds, 0 to 2^31-1 (RFC 2181)."""
+    if not text.isdigit() or int(text) > 2**31 - 1:
+        raise ConfigError(f"{text!r} is not a TTL in seconds (0 to 2147483647)")
+    return int(text)
+
+
+def parse_seconds(text: str) -> float:
+    """A non-negative duration in seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= seconds < 86400:
+        raise ConfigError(f"{text!r} is not between 0 and 86400 seconds")
+    return seconds
+
+
+def parse_ip(text: str) -> IPAddress:
+    """A single IPv4 or IPv6 address."""
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an IP address") from None
+
+
+def parse_log_level(text: str) -> str:
+    """One of LOG_LEVELS, any case."""
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level

@@ -1,0 +1,1 @@
+"""Thin asyncio protocols: framing, timers and backpressure only; the resolver does the DNS."""

@@ -1,0 +1,237 @@
+"""Builds the parts from Config, binds UDP+TCP listeners and probes, runs the source, handles signals.
+
+Lifecycle: not ready until the first snapshot is compiled and every listener is bound; SIGTERM turns
+/ready to 503 at once, keeps serving for --lameduck seconds, then closes listeners and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+
+import uvloop
+
+from globaldns import logs, table
+from globaldns.config import Config, Endpoint
+from globaldns.errors import ConfigError
+from globaldns.probes import Route, bound_port, serve_http, text
+from globaldns.protocols.tcp import TCPProtocol
+from globaldns.protocols.udp import UDPProtocol
+from globaldns.resolver import QueryLoggingResolver, Resolver
+from globaldns.sources import Snapshot, Source
+from globaldns.sources.files import FilesSource
+
+log = logging.getLogger("globaldns")
+
+_BIND_ATTEMPTS = 10  # port 0: TCP picks a port, UDP may find it taken and we try again
+
+
+class ServerState:
+    """What the probes, the listeners and shutdown share."""
+
+    def __init__(self) -> None:
+        self.synced = False
+        self.listening = False
+        self.stopping = False
+        self.connections: set[TCPProtocol] = set()
+
+    def not_ready(self) -> str | None:
+        """Why /ready is 503, or None when ready."""
+        if self.stopping:
+            return "shutting down"
+        if not self.synced:
+            return "ServiceEntries not loaded yet"
+        if not self.listening:
+            return "not listening yet"
+        return None
+
+
+def build_source(config: Config) -> Source:
+    if config.service_entries is None:
+        raise ConfigError("--service-entries PATH is required: the Kubernetes source is not available yet")
+    if not os.path.exists(config.service_entries):
+        raise ConfigError(f"--service-entries {config.service_entries}: no such file or directory")
+    return FilesSource(config.service_entries, config.reload_interval)
+
+
+class Server:
+    def __init__(self, config: Config, source: Source | None = None) -> None:
+        self.config = config
+        self.source = source or build_source(config)
+        self.state = ServerState()
+        resolver_class = QueryLoggingResolver if config.log_queries else Resolver
+        self.resolver = resolver_class(table.Table(synced=False))
+        self.serial = 0
+        self.exit_code = 0
+        self._snapshot: Snapshot | None = None
+        self._snapshot_ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.Server] = []
+        self._http: list[asyncio.Server] = []
+        self._tasks: list[asyncio.Task] = []
+
+    # -- snapshots -> tables ------------------------------------------------------------------
+    def publish(self, snapshot: Snapshot) -> None:
+        """Sources call this on the loop; bursts coalesce into one compile of the latest snapshot."""
+        self._snapshot = snapshot
+        self._snapshot_ready.set()
+
+    async def _compile_forever(self) -> None:
+        while True:
+            await self._snapshot_ready.wait()
+            self._snapshot_ready.clear()
+            snapshot = self._snapshot
+            assert snapshot is not None
+            self.serial = max(int(time.time()), self.serial + 1)
+            started = time.perf_counter()
+            compiled = await asyncio.to_thread(
+                table.compile,
+                snapshot.entries,
+                self.config.zones,
+                ttl=self.config.ttl,
+                serial=self.serial,
+                default_addresses=self.config.default_address,
+                auto_allocate=self.config.auto_allocate,
+            )
+            self.resolver.table = compiled
+            for problem in snapshot.problems:
+                logs.warn_once(log, problem, "skipped: %s", problem)
+            for conflict in compiled.conflicts:
+                logs.warn_once(log, conflict, "conflict: %s", conflict)
+            log.info(
+                "serving %d names from %d ServiceEntries (%d problems, %d conflicts) in %.3fs",
+                len(compiled.hosts),
+                len(snapshot.entries),
+                len(snapshot.problems),
+                len(compiled.conflicts),
+                time.perf_counter() - started,
+            )
+            self.state.synced = True
+
+    def _guard(self, task: asyncio.Task) -> None:
+        """A source or compiler that ends is a bug: log it and stop, so Kubernetes restarts the pod."""
+        if task.cancelled() or self.state.stopping:
+            return
+        log.critical("%s stopped unexpectedly: %r", task.get_name(), task.exception())
+        self.exit_code = 1
+        self.request_stop()
+
+    # -- listeners ----------------------------------------------------------------------------
+    async def _listen(self, endpoint: Endpoint) -> int:
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def tcp_protocol() -> TCPProtocol:
+            return TCPProtocol(
+                self.resolver, self.state.connections, config.tcp_idle_timeout, config.tcp_max_connections
+            )
+
+        for attempt in range(_BIND_ATTEMPTS):
+            tcp = await loop.create_server(tcp_protocol, endpoint.host, endpoint.port, reuse_address=True, backlog=1024)
+            port = bound_port(tcp)
+            try:
+                udp, _ = await loop.create_datagram_endpoint(
+                    lambda: UDPProtocol(self.resolver), local_addr=(endpoint.host, port)
+                )
+            except OSError:
+                tcp.close()
+                if endpoint.port != 0 or attempt == _BIND_ATTEMPTS - 1:
+                    raise
+                continue
+            self._tcp.append(tcp)
+            self._udp.append(udp)  # type: ignore[arg-type]
+            return port
+        raise AssertionError("unreachable")
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.source.reload)
+        for name, coroutine in (
+            ("compiler", self._compile_forever()),
+            (f"source {self.source.name}", self.source.run(self.publish)),
+        ):
+            task = asyncio.create_task(coroutine, name=name)
+            task.add_done_callback(self._guard)
+            self._tasks.append(task)
+        for flag, endpoint, routes in self._http_endpoints():
+            try:
+                server = await serve_http(endpoint, routes)
+            except OSError as error:
+                raise OSError(f"{flag} {endpoint}: {error.strerror}") from error
+            self._http.append(server)
+            log.info("%s on http://%s:%d%s", flag.lstrip("-"), endpoint.host, bound_port(server), "/".join(routes))
+        for endpoint in self.config.listen:
+            try:
+                port = await self._listen(endpoint)
+            except OSError as error:
+                raise OSError(f"--listen {endpoint}: {error.strerror}") from error
+            log.info(
+                "serving DNS on %s (udp, tcp), zones %s", Endpoint(endpoint.host, port), ", ".join(self.config.zones)
+            )
+        self.state.listening = True
+
+    def _http_endpoints(self) -> list[tuple[str, Endpoint, dict[str, Route]]]:
+        """/health and /ready; on one port if both flags name the same address."""
+        health: dict[str, Route] = {"/health": lambda: text(200, "OK")}
+        ready: dict[str, Route] = {"/ready": self._ready}
+        if self.config.health == self.config.ready:
+            return [("--health", self.config.health, health | ready)]
+        return [("--health", self.config.health, health), ("--ready", self.config.ready, ready)]
+
+    def _ready(self) -> tuple[int, str, bytes]:
+        reason = self.state.not_ready()
+        return text(200, "OK") if reason is None else text(503, reason + "\n")
+
+    # -- shutdown -----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """First signal: lameduck; a second one skips what is left of it."""
+        if self._stop.is_set():
+            self._force.set()
+            return
+        self.state.stopping = True
+        log.info("shutting down: not ready, serving for %.1fs more", self.config.lameduck)
+        self._stop.set()
+
+    async def serve(self) -> int:
+        try:
+            await self.start()
+            await self._stop.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._force.wait(), self.config.lameduck)
+        finally:
+            await self.close()
+        log.info("stopped")
+        return self.exit_code
+
+    async def close(self) -> None:
+        for transport in self._udp:
+            transport.close()
+        for server in self._tcp:
+            server.close()
+        for connection in list(self.state.connections):
+            connection.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._http:
+            server.close()
+
+
+def run(config: Config) -> int:
+    logs.setup(config.log_level)
+    log.info("globaldns starting: %s", config)
+    server = Server(config)
+    try:
+        return uvloop.run(server.serve())
+    except OSError as error:
+        print(f"globaldns: {error}", file=sys.stderr)
+        return 1

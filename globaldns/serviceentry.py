@@ -1,0 +1,143 @@
+"""ServiceEntry: an immutable, validated view of the part of an Istio ServiceEntry that DNS needs."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from globaldns.config import IPAddress
+from globaldns.errors import InvalidServiceEntry
+
+API_GROUP = "networking.istio.io"
+API_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # newest first
+KIND = "ServiceEntry"
+_HOST = re.compile(r"^(\*\.)?((?!-)[a-z0-9_-]{1,63}(?<!-)\.)*(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    """A ServiceEntry that exists is valid; `warnings` lists the addresses that were skipped."""
+
+    namespace: str
+    name: str
+    created: float | None  # creationTimestamp as epoch seconds; None (files) counts as newest
+    hosts: tuple[str, ...]
+    addresses: tuple[IPAddress, ...]
+    status_addresses: tuple[tuple[str, IPAddress], ...]  # (host, address), Istio's own allocation
+    warnings: tuple[str, ...] = ()
+    origin: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def precedence(self) -> tuple[bool, float, str, str]:
+        """Sort key: the oldest entry wins a contested host, ties broken by namespace then name."""
+        return (self.created is None, self.created or 0.0, self.namespace, self.name)
+
+    def addresses_for(self, host: str) -> tuple[IPAddress, ...]:
+        """spec.addresses if any, else the status.addresses Istio allocated to this host."""
+        if self.addresses:
+            return self.addresses
+        return tuple(address for owner, address in self.status_addresses if owner == host)
+
+    @classmethod
+    def from_dict(cls, obj: Any, origin: str = "") -> ServiceEntry:
+        """Validate a decoded ServiceEntry object; raise InvalidServiceEntry naming the bad field."""
+        if not isinstance(obj, dict):
+            raise InvalidServiceEntry(f"{origin}: not a mapping")
+        metadata = obj.get("metadata") or {}
+        ref = f"{metadata.get('namespace') or 'default'}/{metadata.get('name')}" if isinstance(metadata, dict) else "?"
+        where = f"{origin} {ref}".strip()
+
+        def invalid(reason: str) -> InvalidServiceEntry:
+            return InvalidServiceEntry(f"{where}: {reason}")
+
+        api_version = obj.get("apiVersion")
+        group, _, version = str(api_version).partition("/")
+        if group != API_GROUP or version not in API_VERSIONS:
+            raise invalid(f"apiVersion {api_version!r} is not {API_GROUP}/{'|'.join(API_VERSIONS)}")
+        if obj.get("kind") != KIND:
+            raise invalid(f"kind {obj.get('kind')!r} is not {KIND}")
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
+            raise invalid("metadata.name is missing")
+        namespace = metadata.get("namespace") or "default"
+        if not isinstance(namespace, str):
+            raise invalid("metadata.namespace is not a string")
+        spec = obj.get("spec")
+        if not isinstance(spec, dict):
+            raise invalid("spec is missing")
+
+        hosts = _hosts(spec.get("hosts"), invalid)
+        warnings: list[str] = []
+        addresses = _addresses(spec.get("addresses"), "spec.addresses", warnings, invalid)
+        status = obj.get("status") or {}
+        status_addresses: list[tuple[str, IPAddress]] = []
+        entries = status.get("addresses") if isinstance(status, dict) else None
+        for index, entry in enumerate(entries if isinstance(entries, list) else ()):
+            if not isinstance(entry, dict) or not isinstance(entry.get("host"), str):
+                warnings.append(f"status.addresses[{index}] has no host")
+                continue
+            host = entry["host"].lower().rstrip(".")
+            for address in _addresses([entry.get("value")], f"status.addresses[{index}]", warnings, invalid):
+                status_addresses.append((host, address))
+        return cls(
+            namespace=namespace,
+            name=metadata["name"],
+            created=_timestamp(metadata.get("creationTimestamp"), invalid),
+            hosts=hosts,
+            addresses=addresses,
+            status_addresses=tuple(status_addresses),
+            warnings=tuple(f"{where}: {warning}" for warning in warnings),
+            origin=origin,
+        )
+
+
+def _hosts(value: Any, invalid: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise invalid("spec.hosts is missing or empty")
+    hosts = []
+    for index, host in enumerate(value):
+        if not isinstance(host, str):
+            raise invalid(f"spec.hosts[{index}] is not a string")
+        name = host.strip().lower().removesuffix(".")
+        if name != "*" and (len(name) > 253 or not _HOST.match(name)):
+            raise invalid(f"spec.hosts[{index}] {host!r} is not a DNS name")
+        hosts.append(name)
+    return tuple(dict.fromkeys(hosts))
+
+
+def _addresses(value: Any, field: str, warnings: list[str], invalid: Any) -> tuple[IPAddress, ...]:
+    """Parse addresses; /32 and /128 become plain addresses, ranges and garbage become warnings."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise invalid(f"{field} is not a list")
+    addresses: list[IPAddress] = []
+    for index, text in enumerate(value):
+        label = f"{field}[{index}]" if field == "spec.addresses" else field
+        try:
+            network = ipaddress.ip_network(str(text).strip(), strict=False) if isinstance(text, str) else None
+        except ValueError:
+            network = None
+        if network is None:
+            warnings.append(f"{label} {text!r} is not an IP address; skipped")
+        elif network.num_addresses != 1:
+            warnings.append(f"{label} {text!r} is a range, not one address; skipped")
+        else:
+            addresses.append(network.network_address)
+    return tuple(dict.fromkeys(addresses))
+
+
+def _timestamp(value: Any, invalid: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise invalid(f"metadata.creationTimestamp {value!r} is not RFC 3339") from None

@@ -1,0 +1,162 @@
+"""ServiceEntries from YAML/JSON files: a file or a directory tree, re-read when files change.
+
+A change is seen by polling (mtime, size, inode) every `interval` seconds, as CoreDNS's hosts plugin
+does; that also notices Kubernetes ConfigMap volumes, which swap a symlink rather than write files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from globaldns.errors import InvalidServiceEntry, SourceError
+from globaldns.logs import warn_once
+from globaldns.serviceentry import KIND, ServiceEntry
+from globaldns.sources import Publish, Snapshot
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (".yaml", ".yml", ".json")
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+Signature = tuple[int, int, int]  # mtime_ns, size, inode
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFile:
+    """The valid entries of one file, and its problems (invalid objects, skipped addresses)."""
+
+    entries: tuple[ServiceEntry, ...]
+    problems: tuple[str, ...]
+
+
+def find_files(path: str) -> list[str]:
+    """The file itself, or every *.yaml/*.yml/*.json below a directory, hidden names skipped, sorted."""
+    if not os.path.isdir(path):
+        return [path]
+    found = []
+    for root, dirs, files in os.walk(path, followlinks=True):
+        dirs[:] = sorted(name for name in dirs if not name.startswith("."))
+        found += [os.path.join(root, name) for name in files if name.endswith(EXTENSIONS) and not name.startswith(".")]
+    return sorted(found)
+
+
+def parse_file(path: str) -> ParsedFile:
+    """Every ServiceEntry in a multi-document file (List kinds unpacked); SourceError if it does not parse."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            documents = list(yaml.load_all(stream, Loader=_Loader))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise SourceError(f"{path}: {error}") from error
+    entries: list[ServiceEntry] = []
+    problems: list[str] = []
+    for index, document in enumerate(documents):
+        for position, obj in _objects(document):
+            origin = f"{path}#{index}{position}"
+            try:
+                entry = ServiceEntry.from_dict(obj, origin)
+            except InvalidServiceEntry as error:
+                problems.append(str(error))
+                continue
+            entries.append(entry)
+            problems.extend(entry.warnings)
+    return ParsedFile(tuple(entries), tuple(problems))
+
+
+def _objects(document: Any) -> list[tuple[str, Any]]:
+    """The ServiceEntry-looking objects of one document: itself, or the items of a List."""
+    if document is None:
+        return []
+    if (
+        isinstance(document, dict)
+        and isinstance(document.get("items"), list)
+        and document.get("kind", "").endswith("List")
+    ):
+        return [(f".items[{i}]", item) for i, item in enumerate(document["items"]) if _is_candidate(item)]
+    return [("", document)] if _is_candidate(document) else []
+
+
+def _is_candidate(obj: Any) -> bool:
+    """Other kinds in a mixed manifest are not ours and not a problem; anything kind-less is a problem."""
+    return not isinstance(obj, dict) or obj.get("kind") in (KIND, None)
+
+
+def _signature(path: str) -> Signature | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+class FilesSource:
+    """Keeps the last good parse of every file: a file that stops parsing keeps serving what it had."""
+
+    name = "files"
+
+    def __init__(self, path: str, interval: float = 1.0) -> None:
+        self.path = path
+        self.interval = interval
+        self.files: dict[str, tuple[Signature | None, ParsedFile]] = {}
+        self.errors: dict[str, str] = {}
+        self._wake = asyncio.Event()
+        self._force = False
+
+    def reload(self) -> None:
+        self._force = True
+        self._wake.set()
+
+    async def run(self, publish: Publish) -> None:
+        first = True
+        while True:
+            force, self._force = self._force, False
+            changed = await asyncio.to_thread(self.refresh, force)
+            if changed or first:
+                publish(self.snapshot())
+                first = False
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Re-read files whose signature changed; True if anything differs from before."""
+        if not os.path.exists(self.path):
+            warn_once(log, f"missing {self.path}", "%s does not exist; keeping the last entries read", self.path)
+            return False
+        paths = find_files(self.path)
+        changed = set(self.files) - set(paths)
+        for gone in changed:
+            del self.files[gone]
+            self.errors.pop(gone, None)
+            log.info("%s removed", gone)
+        for path in paths:
+            signature = _signature(path)
+            known = self.files.get(path)
+            if known is not None and known[0] == signature and not force:
+                continue
+            try:
+                parsed = parse_file(path)
+            except SourceError as error:
+                self.errors[path] = str(error)
+                log.warning("%s; keeping its last good entries", error)
+                if known is None:
+                    self.files[path] = (signature, ParsedFile((), ()))
+                else:
+                    self.files[path] = (signature, known[1])
+                changed.add(path)
+                continue
+            self.errors.pop(path, None)
+            if known is None or known[1] != parsed:
+                changed.add(path)
+            self.files[path] = (signature, parsed)
+        return bool(changed)
+
+    def snapshot(self) -> Snapshot:
+        entries = tuple(entry for _, parsed in self.files.values() for entry in parsed.entries)
+        problems = tuple(problem for _, parsed in self.files.values() for problem in parsed.problems)
+        return Snapshot(entries, problems + tuple(self.errors.values()))
