@@ -48,6 +48,8 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="zone answered from ServiceEntries (repeatable; default global)",
     )
     add("--service-entries", metavar="PATH", help="ServiceEntry YAML file or directory, reloaded on change")
+    add("--reload", dest="reload_interval", type=_typed(config.parse_seconds), metavar="SECONDS",
+        help="how often to look for changed files (default 1; 0: only on SIGHUP)")
     add("--ttl", type=_typed(config.parse_ttl), metavar="SECONDS", help="TTL of answers (default 30)")
     add(
         "--default-address",

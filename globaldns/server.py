@@ -65,11 +65,15 @@ class Server:
         self.source = source or build_source(config)
         self.state = ServerState()
         resolver_class = QueryLoggingResolver if config.log_queries else Resolver
-        self.resolver = resolver_class(table.Table(synced=False))
+        self.resolver = resolver_class(table.compile((), config.zones, ttl=config.ttl, serial=0, synced=False))
         self.serial = 0
         self.exit_code = 0
         self._snapshot: Snapshot | None = None
         self._snapshot_ready = asyncio.Event()
+        self.started = asyncio.Event()  # every listener and probe is bound
+        self.loaded = asyncio.Event()  # the first table is being served
+        self.dns_ports: list[int] = []
+        self.http_ports: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._udp: list[asyncio.DatagramTransport] = []
@@ -114,6 +118,7 @@ class Server:
                 time.perf_counter() - started,
             )
             self.state.synced = True
+            self.loaded.set()
 
     def _guard(self, task: asyncio.Task) -> None:
         """A source or compiler that ends is a bug: log it and stop, so Kubernetes restarts the pod."""
@@ -168,22 +173,26 @@ class Server:
             except OSError as error:
                 raise OSError(f"{flag} {endpoint}: {error.strerror}") from error
             self._http.append(server)
-            log.info("%s on http://%s:%d%s", flag.lstrip("-"), endpoint.host, bound_port(server), "/".join(routes))
+            self.http_ports[flag] = bound_port(server)
+            for path in routes:
+                log.info("%s on http://%s:%d%s", path.strip("/"), endpoint.host, bound_port(server), path)
         for endpoint in self.config.listen:
             try:
                 port = await self._listen(endpoint)
             except OSError as error:
                 raise OSError(f"--listen {endpoint}: {error.strerror}") from error
+            self.dns_ports.append(port)
             log.info(
                 "serving DNS on %s (udp, tcp), zones %s", Endpoint(endpoint.host, port), ", ".join(self.config.zones)
             )
         self.state.listening = True
+        self.started.set()
 
     def _http_endpoints(self) -> list[tuple[str, Endpoint, dict[str, Route]]]:
         """/health and /ready; on one port if both flags name the same address."""
         health: dict[str, Route] = {"/health": lambda: text(200, "OK")}
         ready: dict[str, Route] = {"/ready": self._ready}
-        if self.config.health == self.config.ready:
+        if self.config.health == self.config.ready and self.config.health.port != 0:
             return [("--health", self.config.health, health | ready)]
         return [("--health", self.config.health, health), ("--ready", self.config.ready, ready)]
 

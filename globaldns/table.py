@@ -101,9 +101,14 @@ def compile(
     recursion: bool = False,
     default_addresses: Sequence[IPAddress] = (),
     auto_allocate: bool = False,
+    synced: bool = True,
 ) -> Table:
-    """Build a table; hosts outside every zone are ignored, a contested host goes to the oldest entry."""
-    table = Table(synced=True, serial=serial)
+    """Build a table; hosts outside every zone are ignored, a contested host goes to the oldest entry.
+
+    synced=False is the table before the first snapshot: it knows the zones, and the resolver answers
+    SERVFAIL for names in them.
+    """
+    table = Table(synced=synced, serial=serial)
     zone_by_name = {zone: _zone(zone, ttl, serial, recursion) for zone in sorted(zones, key=len, reverse=True)}
     for zone in zone_by_name.values():
         table.zones[zone.wire_name] = zone

@@ -190,6 +190,7 @@ def truncate(reply: bytes, limit: int) -> bytes:
     offset = HEADER_SIZE
     for _ in range(qdcount):
         offset = skip_name(reply, offset) + 4
+    question_end = offset
     records: list[tuple[int, int, int]] = []  # (section, start, end)
     opt = b""
     for section, count in enumerate((ancount, nscount, arcount)):
@@ -202,7 +203,7 @@ def truncate(reply: bytes, limit: int) -> bytes:
             offset = end
     budget = limit - len(opt)
     kept = [0, 0, 0]
-    size = records[0][1] if records else offset
+    size = question_end
     body = [reply[HEADER_SIZE:size]]
     for section, start, end in records:
         if size + end - start > budget:

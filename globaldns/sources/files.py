@@ -100,6 +100,7 @@ class FilesSource:
     name = "files"
 
     def __init__(self, path: str, interval: float = 1.0) -> None:
+        """interval 0 polls never: only reload() (SIGHUP) re-reads."""
         self.path = path
         self.interval = interval
         self.files: dict[str, tuple[Signature | None, ParsedFile]] = {}
@@ -121,7 +122,7 @@ class FilesSource:
                 first = False
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), self.interval or None)
 
     def refresh(self, force: bool = False) -> bool:
         """Re-read files whose signature changed; True if anything differs from before."""

@@ -1,0 +1,146 @@
+"""Server in-process on uvloop: readiness before the first table, TCP limits, and the source guard."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import Awaitable, Callable
+
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import uvloop
+
+from globaldns.config import Config, Endpoint
+from globaldns.server import Server
+from globaldns.serviceentry import ServiceEntry
+from globaldns.sources import Publish, Snapshot
+
+LOOPBACK = Endpoint("127.0.0.1", 0)
+HTTPBIN = ServiceEntry.from_dict(
+    {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": "httpbin", "namespace": "bar"},
+        "spec": {"hosts": ["httpbin.bar.global"], "addresses": ["240.0.0.2"]},
+    }
+)
+
+
+class ManualSource:
+    """Publishes when the test says so; `fail` makes run() end, which the server must treat as fatal."""
+
+    name = "manual"
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.fail = False
+
+    async def run(self, publish: Publish) -> None:
+        await self.go.wait()
+        if self.fail:
+            raise RuntimeError("source broke")
+        publish(Snapshot((HTTPBIN,)))
+        await asyncio.Event().wait()
+
+    def reload(self) -> None:
+        pass
+
+
+def run_server(test: Callable[[Server, ManualSource], Awaitable[None]], **config: object) -> int:
+    """Start a Server on loopback with a ManualSource, run the test against it, stop it; its exit code."""
+
+    async def main() -> int:
+        source = ManualSource()
+        settings = {"listen": (LOOPBACK,), "health": LOOPBACK, "ready": LOOPBACK, "lameduck": 0.0, **config}
+        server = Server(Config(**settings), source)  # type: ignore[arg-type]
+        serving = asyncio.create_task(server.serve())
+        await asyncio.wait_for(server.started.wait(), 5)
+        try:
+            await test(server, source)
+        finally:
+            server.request_stop()
+        return await asyncio.wait_for(serving, 5)
+
+    return uvloop.run(main())
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    response = (await reader.read()).decode()
+    writer.close()
+    head, _, body = response.partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def query(server: Server, name: str) -> dns.message.Message:
+    message = dns.message.make_query(name, "A")
+    return await dns.asyncquery.udp(message, "127.0.0.1", port=server.dns_ports[0], timeout=2)
+
+
+def test_not_ready_before_first_table_then_ready():
+    async def test(server: Server, source: ManualSource) -> None:
+        assert await http_get(server.http_ports["--ready"], "/ready") == (503, "ServiceEntries not loaded yet\n")
+        assert (await query(server, "httpbin.bar.global")).rcode() == dns.rcode.SERVFAIL
+        assert await http_get(server.http_ports["--health"], "/health") == (200, "OK")
+        source.go.set()
+        await asyncio.wait_for(server.loaded.wait(), 5)
+        assert await http_get(server.http_ports["--ready"], "/ready") == (200, "OK")
+        reply = await query(server, "httpbin.bar.global")
+        assert reply.rcode() == dns.rcode.NOERROR and reply.answer[0][0].address == "240.0.0.2"
+
+    assert run_server(test) == 0
+
+
+def test_source_that_ends_stops_the_server_with_exit_1():
+    async def test(server: Server, source: ManualSource) -> None:
+        source.fail = True
+        source.go.set()
+        await asyncio.wait_for(server._stop.wait(), 5)
+
+    assert run_server(test) == 1
+
+
+async def tcp_query(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str) -> dns.message.Message:
+    wire = dns.message.make_query(name, "A").to_wire()
+    writer.write(struct.pack("!H", len(wire)) + wire)
+    (size,) = struct.unpack("!H", await reader.readexactly(2))
+    return dns.message.from_wire(await reader.readexactly(size))
+
+
+def test_tcp_idle_timeout_closes_the_connection():
+    async def test(server: Server, source: ManualSource) -> None:
+        source.go.set()
+        await asyncio.wait_for(server.loaded.wait(), 5)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.dns_ports[0])
+        assert (await tcp_query(reader, writer, "httpbin.bar.global")).rcode() == dns.rcode.NOERROR
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed by the server
+        assert asyncio.get_running_loop().time() - started >= 0.15
+        writer.close()
+        await writer.wait_closed()
+
+    assert run_server(test, tcp_idle_timeout=0.2) == 0
+
+
+def test_tcp_connection_bound():
+    async def test(server: Server, source: ManualSource) -> None:
+        source.go.set()
+        await asyncio.wait_for(server.loaded.wait(), 5)
+        port = server.dns_ports[0]
+        kept = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for reader, writer in kept:
+            assert (await tcp_query(reader, writer, "httpbin.bar.global")).rcode() == dns.rcode.NOERROR
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        wire = dns.message.make_query("httpbin.bar.global", "A").to_wire()
+        writer.write(struct.pack("!H", len(wire)) + wire)
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), 2) == b""  # closed without an answer
+        for _, open_writer in [*kept, (reader, writer)]:
+            open_writer.close()
+            with contextlib.suppress(ConnectionError):
+                await open_writer.wait_closed()
+
+    assert run_server(test, tcp_max_connections=2) == 0

@@ -1,0 +1,394 @@
+"""wire: scanning queries by index, error replies, reply heads, the OPT record and truncation."""
+
+from __future__ import annotations
+
+import struct
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from globaldns import wire
+
+QID = 0xBEEF
+
+
+def wire_name(text: str) -> bytes:
+    labels = [label.encode() for label in text.split(".") if label]
+    return b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+
+
+def header(flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0, qid: int = QID) -> bytes:
+    return struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar)
+
+
+def question(name: str = "HttpBin.Bar.Global", qtype: int = wire.A, qclass: int = wire.IN) -> bytes:
+    return wire_name(name) + struct.pack("!HH", qtype, qclass)
+
+
+def opt(udp: int = 1232, version: int = 0, do: bool = False, rdata: bytes = b"", owner: bytes = b"\x00") -> bytes:
+    return owner + struct.pack("!HHBBHH", wire.OPT, udp, 0, version, 0x8000 if do else 0, len(rdata)) + rdata
+
+
+def a_record(owner: bytes = b"\xc0\x0c", address: bytes = b"\x0a\x00\x00\x01", rtype: int = wire.A) -> bytes:
+    return owner + struct.pack("!HHIH", rtype, wire.IN, 30, len(address)) + address
+
+
+def query(*parts: bytes, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
+    return header(flags, qd, an, ns, ar) + b"".join(parts)
+
+
+# -- scan: what a well-formed query says ------------------------------------------------------------------------
+
+
+def test_scan_plain_query_from_dnspython():
+    packet = dns.message.make_query("HttpBin.Bar.GLOBAL.", "AAAA").to_wire()
+    scanned = wire.scan(packet)
+    assert scanned.name == b"\x07httpbin\x03bar\x06global\x00"
+    assert scanned.labels == (0, 8, 12)
+    assert (scanned.qtype, scanned.qclass) == (wire.AAAA, wire.IN)
+    assert scanned.end == len(packet)
+    assert (scanned.udp_size, scanned.do) == (0, False)
+
+
+@pytest.mark.parametrize(
+    ("name", "labels"),
+    [
+        pytest.param(".", (), id="root"),
+        pytest.param("global.", (0,), id="one-label"),
+        pytest.param("a.bc.def.", (0, 2, 5), id="three-labels"),
+        pytest.param("X" * 63 + ".global.", (0, 64), id="63-byte-label"),
+    ],
+)
+def test_scan_label_offsets(name, labels):
+    scanned = wire.scan(dns.message.make_query(name, "A").to_wire())
+    assert scanned.labels == labels
+    for offset in labels:  # every offset points at a length byte inside the name
+        assert 0 < scanned.name[offset] <= 63
+
+
+@pytest.mark.parametrize(
+    ("qtype", "qclass"),
+    [(wire.A, wire.IN), (15, wire.IN), (wire.ANY, 3), (65, 255)],
+    ids=["A-IN", "MX-IN", "ANY-CH", "HTTPS-ANY"],
+)
+def test_scan_type_and_class(qtype, qclass):
+    scanned = wire.scan(query(question(qtype=qtype, qclass=qclass)))
+    assert (scanned.qtype, scanned.qclass) == (qtype, qclass)
+
+
+@pytest.mark.parametrize(
+    ("payload", "do", "udp_size"),
+    [
+        pytest.param(4096, True, 4096, id="4096-do"),
+        pytest.param(1232, False, 1232, id="1232"),
+        pytest.param(512, False, 512, id="512"),
+        pytest.param(511, True, 512, id="511-reads-512"),
+        pytest.param(100, False, 512, id="100-reads-512"),
+        pytest.param(0, False, 512, id="0-reads-512"),
+        pytest.param(65535, False, 65535, id="65535"),
+    ],
+)
+def test_scan_edns_size_and_do(payload, do, udp_size):
+    packet = dns.message.make_query("a.global.", "A", use_edns=0, payload=payload, want_dnssec=do).to_wire()
+    scanned = wire.scan(packet)
+    assert (scanned.udp_size, scanned.do) == (udp_size, do)
+
+
+def test_scan_edns_with_options():
+    cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"\x01" * 8)
+    packet = dns.message.make_query("a.global.", "A", use_edns=0, payload=1400, options=[cookie]).to_wire()
+    assert wire.scan(packet).udp_size == 1400
+
+
+def test_scan_skips_answer_and_authority_records_to_find_the_opt():
+    # An OPT-typed record with version 1 in the answer section is just a record; the real OPT is in additional.
+    packet = query(
+        question(),
+        a_record(owner=b"\xc0\x0c"),  # compressed owner
+        opt(version=1, udp=9999),  # answer section: must not be read as the OPT
+        a_record(owner=wire_name("ns.example"), address=b"\x00" * 16, rtype=wire.AAAA),  # authority, uncompressed
+        a_record(owner=wire_name("glue.example")),  # additional, before the OPT
+        opt(udp=4096, do=True, rdata=b"\x00\x0a\x00\x08" + b"\x02" * 8),
+        an=2,
+        ns=1,
+        ar=2,
+    )
+    scanned = wire.scan(packet)
+    assert (scanned.udp_size, scanned.do) == (4096, True)
+    assert scanned.end == 12 + len(question())
+
+
+def test_scan_without_opt_but_other_additional_records():
+    packet = query(question(), a_record(), ar=1)
+    assert (wire.scan(packet).udp_size, wire.scan(packet).do) == (0, False)
+
+
+def long_name(size: int) -> str:
+    """A dotted name whose wire form is exactly `size` bytes."""
+    labels, left = [], size - 1
+    while left:
+        length = min(63, left - 1)
+        labels.append("a" * length)
+        left -= length + 1
+    return ".".join(labels)
+
+
+def test_scan_accepts_a_255_byte_name():
+    assert len(wire_name(long_name(255))) == 255
+    assert len(wire.scan(query(question(long_name(255)))).name) == 255
+
+
+# -- scan: what cannot be answered normally ----------------------------------------------------------------------
+
+GOOD = question()
+GOOD_END = 12 + len(GOOD)
+
+
+@pytest.mark.parametrize(
+    ("packet", "rcode", "question_end", "edns"),
+    [
+        pytest.param(b"", None, 0, False, id="empty-drop"),
+        pytest.param(header()[:11], None, 0, False, id="11-bytes-drop"),
+        pytest.param(query(GOOD, flags=0x8100), None, 0, False, id="response-drop"),
+        pytest.param(query(GOOD, flags=0x8000 | 4 << 11), None, 0, False, id="response-notify-drop"),
+        pytest.param(query(GOOD, flags=4 << 11), wire.NOTIMP, GOOD_END, False, id="notify-notimp"),
+        pytest.param(query(GOOD, flags=2 << 11), wire.NOTIMP, GOOD_END, False, id="status-notimp"),
+        pytest.param(query(GOOD, flags=5 << 11, qd=0), wire.NOTIMP, 0, False, id="update-no-question-notimp"),
+        pytest.param(query(GOOD[:5], flags=1 << 11), wire.NOTIMP, 0, False, id="iquery-bad-question-notimp"),
+        pytest.param(query(qd=0), wire.FORMERR, 0, False, id="qdcount-0"),
+        pytest.param(query(GOOD, GOOD, qd=2), wire.FORMERR, 0, False, id="qdcount-2"),
+        pytest.param(query(), wire.FORMERR, 0, False, id="no-question-bytes"),
+        pytest.param(query(GOOD[:6]), wire.FORMERR, 0, False, id="truncated-name"),
+        pytest.param(query(wire_name("a.global")), wire.FORMERR, 0, False, id="no-type-class"),
+        pytest.param(query(GOOD[:-1]), wire.FORMERR, 0, False, id="3-of-4-type-class-bytes"),
+        pytest.param(query(b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01"), wire.FORMERR, 0, False, id="label-64"),
+        pytest.param(query(b"\x01a\xc0\x0c\x00\x01\x00\x01"), wire.FORMERR, 0, False, id="pointer-in-question"),
+        pytest.param(query(b"\x41" + b"a" * 65 + b"\x00\x00\x01\x00\x01"), wire.FORMERR, 0, False, id="ext-label"),
+        pytest.param(query(question(long_name(256))), wire.FORMERR, 0, False, id="name-256-bytes"),
+        pytest.param(query(question(long_name(400))), wire.FORMERR, 0, False, id="name-400-bytes"),
+        pytest.param(query(GOOD, opt(), opt(), ar=2), wire.FORMERR, 0, False, id="two-opt"),
+        pytest.param(query(GOOD, opt(owner=b"\x01a\x00"), ar=1), wire.FORMERR, 0, False, id="opt-not-root"),
+        pytest.param(query(GOOD, ar=1), wire.FORMERR, 0, False, id="arcount-1-nothing"),
+        pytest.param(query(GOOD, opt()[:-3], ar=1), wire.FORMERR, 0, False, id="opt-cut"),
+        pytest.param(query(GOOD, opt(rdata=b"\x00" * 8)[:-1], ar=1), wire.FORMERR, 0, False, id="opt-rdata-cut"),
+        pytest.param(query(GOOD, a_record()[:-2], an=1), wire.FORMERR, 0, False, id="answer-record-cut"),
+        pytest.param(query(GOOD, b"\x01a", an=1), wire.FORMERR, 0, False, id="answer-owner-cut"),
+        pytest.param(query(GOOD, b"\x50", ns=1), wire.FORMERR, 0, False, id="authority-bad-label"),
+        pytest.param(query(GOOD, opt(version=1), ar=1), wire.BADVERS, GOOD_END, True, id="edns-version-1"),
+        pytest.param(query(GOOD, opt(version=255, do=True), ar=1), wire.BADVERS, GOOD_END, True, id="edns-v255"),
+    ],
+)
+def test_scan_malformed(packet, rcode, question_end, edns):
+    with pytest.raises(wire.Malformed) as raised:
+        wire.scan(packet)
+    assert raised.value.rcode == rcode
+    assert raised.value.question_end == question_end
+    assert raised.value.edns is edns
+
+
+def test_scan_badvers_from_dnspython():
+    packet = dns.message.make_query("a.global.", "A", use_edns=1).to_wire()
+    with pytest.raises(wire.Malformed) as raised:
+        wire.scan(packet)
+    assert (raised.value.rcode, raised.value.edns, raised.value.question_end) == (wire.BADVERS, True, len(packet) - 11)
+
+
+# -- error_reply -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rd", [False, True], ids=["rd0", "rd1"])
+@pytest.mark.parametrize("cd", [False, True], ids=["cd0", "cd1"])
+def test_error_reply_copies_id_rd_cd_and_echoes_the_question(rd, cd):
+    packet = query(question("FoO.ExAmPlE"), flags=(wire.RD if rd else 0) | (wire.CD if cd else 0) | wire.AA)
+    reply = wire.error_reply(packet, wire.REFUSED, 12 + len(question("FoO.ExAmPlE")))
+    parsed = dns.message.from_wire(reply)
+    assert parsed.id == QID
+    assert parsed.rcode() == dns.rcode.REFUSED
+    assert bool(parsed.flags & dns.flags.QR)
+    assert bool(parsed.flags & dns.flags.RD) is rd
+    assert bool(parsed.flags & dns.flags.CD) is cd
+    assert not parsed.flags & (dns.flags.AA | dns.flags.TC | dns.flags.RA)
+    assert reply[12:] == question("FoO.ExAmPlE")  # byte for byte, case kept
+    assert parsed.edns == -1
+
+
+def test_error_reply_copies_the_opcode():
+    packet = query(GOOD, flags=4 << 11)
+    parsed = dns.message.from_wire(wire.error_reply(packet, wire.NOTIMP, GOOD_END))
+    assert parsed.opcode() == dns.opcode.NOTIFY
+    assert parsed.rcode() == dns.rcode.NOTIMP
+    assert str(parsed.question[0].name) == "HttpBin.Bar.Global."
+
+
+def test_error_reply_without_a_well_formed_question():
+    packet = query(GOOD, GOOD, qd=2)
+    reply = wire.error_reply(packet, wire.FORMERR)
+    assert len(reply) == 12
+    assert struct.unpack("!HHHHHH", reply) == (QID, wire.QR | wire.RD | wire.FORMERR, 0, 0, 0, 0)
+
+
+def test_error_reply_ra():
+    reply = wire.error_reply(query(GOOD), wire.SERVFAIL, GOOD_END, ra=True)
+    assert dns.message.from_wire(reply).flags & dns.flags.RA
+
+
+@pytest.mark.parametrize(
+    ("rcode", "low", "extended"),
+    [(wire.BADVERS, 0, 1), (wire.FORMERR, wire.FORMERR, 0), (wire.REFUSED, wire.REFUSED, 0)],
+    ids=["badvers", "formerr", "refused"],
+)
+def test_error_reply_with_edns_carries_the_extended_rcode(rcode, low, extended):
+    packet = query(GOOD, opt(version=1), ar=1)
+    reply = wire.error_reply(packet, rcode, GOOD_END, edns=True)
+    assert reply[3] & 0xF == low
+    assert reply[-11:] == wire.opt_record(False, extended)
+    parsed = dns.message.from_wire(reply)
+    assert parsed.rcode() == rcode
+    assert parsed.edns == 0
+    assert parsed.payload == wire.EDNS_UDP_SIZE
+
+
+# -- reply_heads, variant, opt_record, set_rcode -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("ra", [False, True], ids=["ra0", "ra1"])
+def test_reply_heads_variant_flags(index, ra):
+    head = wire.reply_heads(wire.NXDOMAIN, 3, 1, ra)[index]
+    flags, qd, an, ns, ar = struct.unpack("!HHHHH", head)
+    assert flags & wire.QR and flags & wire.AA
+    assert bool(flags & wire.RD) == bool(index & 1)
+    assert bool(flags & wire.CD) == bool(index & 2)
+    assert bool(flags & wire.RA) == ra
+    assert not flags & wire.TC
+    assert flags & 0xF == wire.NXDOMAIN
+    assert (qd, an, ns, ar) == (1, 3, 1, 1 if index & 4 else 0)
+
+
+def test_reply_heads_are_interned():
+    assert wire.reply_heads(wire.NOERROR, 1, 0, False) is wire.reply_heads(wire.NOERROR, 1, 0, False)
+
+
+@pytest.mark.parametrize("rd", [False, True])
+@pytest.mark.parametrize("cd", [False, True])
+@pytest.mark.parametrize("edns", [False, True])
+def test_variant_matches_reply_heads(rd, cd, edns):
+    packet = query(GOOD, flags=(wire.RD if rd else 0) | (wire.CD if cd else 0) | wire.AA | wire.TC)
+    assert wire.variant(packet, edns) == rd | cd << 1 | edns << 2
+
+
+@pytest.mark.parametrize("do", [False, True], ids=["do0", "do1"])
+def test_opt_record(do):
+    record = wire.opt_record(do)
+    assert len(record) == 11
+    owner, rtype, udp, ext, version, flags, rdlength = struct.unpack("!BHHBBHH", record)
+    assert (owner, rtype, udp, ext, version, rdlength) == (0, wire.OPT, 1232, 0, 0, 0)
+    assert flags == (0x8000 if do else 0)
+    parsed = dns.message.from_wire(header(0x8000, ar=1) + GOOD + record)
+    assert (parsed.edns, parsed.payload) == (0, 1232)
+    assert bool(parsed.ednsflags & dns.flags.DO) is do
+
+
+def test_set_rcode_keeps_the_other_flags():
+    reply = wire.error_reply(query(GOOD, flags=wire.RD | wire.CD), wire.FORMERR, GOOD_END)
+    changed = wire.set_rcode(reply, wire.SERVFAIL)
+    assert changed[3] & 0xF == wire.SERVFAIL
+    assert changed[:3] == reply[:3] and changed[3] & 0xF0 == reply[3] & 0xF0 and changed[4:] == reply[4:]
+
+
+# -- truncate ---------------------------------------------------------------------------------------------------
+
+
+def make_reply(answers: int = 60, authority: int = 0, additional: int = 0, edns: bool = True) -> bytes:
+    """A dnspython reply for many.global with `answers` A records, NS in authority, A glue in additional."""
+    request = dns.message.make_query("Many.Global.", "A", use_edns=0 if edns else None)
+    reply = dns.message.make_response(request)
+    if answers:
+        addresses = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(answers)]
+        reply.answer.append(dns.rrset.from_text("Many.Global.", 30, "IN", "A", *addresses))
+    if authority:
+        servers = [f"ns{i}.example." for i in range(authority)]
+        reply.authority.append(dns.rrset.from_text("global.", 30, "IN", "NS", *servers))
+    for i in range(additional):
+        reply.additional.append(dns.rrset.from_text(f"glue{i}.example.", 30, "IN", "A", f"192.0.2.{i + 1}"))
+    return reply.to_wire()
+
+
+def counts(packet: bytes) -> tuple[int, int, int, int]:
+    return struct.unpack_from("!HHHH", packet, 4)
+
+
+def test_truncate_leaves_a_reply_that_fits_alone():
+    packet = make_reply(answers=3)
+    assert wire.truncate(packet, 512) is packet
+    assert wire.truncate(packet, len(packet)) is packet
+
+
+@pytest.mark.parametrize("limit", [512, 600, 700, 900, 980])
+@pytest.mark.parametrize("edns", [False, True], ids=["plain", "edns"])
+def test_truncate_answers_at_record_boundaries(limit, edns):
+    packet = make_reply(answers=60, edns=edns)
+    assert len(packet) > limit
+    cut = wire.truncate(packet, limit)
+    assert len(cut) <= limit
+    assert cut[2] & 0x02  # TC
+    assert cut[3] == packet[3]
+    parsed = dns.message.from_wire(cut)  # counts and record boundaries are right, or this raises
+    kept = len(parsed.answer[0]) if parsed.answer else 0
+    assert counts(cut) == (1, kept, 0, 1 if edns else 0)
+    assert kept < 60
+    record = 16  # compressed owner + fixed part + IPv4
+    assert len(cut) + record > limit  # nothing more would have fit
+    assert parsed.edns == (0 if edns else -1)
+    body = cut[12 : len(cut) - 11] if edns else cut[12:]
+    assert packet[12:].startswith(body)  # whole records, in order, from the original
+    original = [r.address for r in dns.message.from_wire(packet).answer[0]]
+    assert [r.address for r in parsed.answer[0]] == original[:kept]
+
+
+def test_truncate_keeps_the_opt_when_no_answer_fits():
+    packet = make_reply(answers=60)
+    size_question = 12 + len(wire_name("many.global")) + 4
+    cut = wire.truncate(packet, size_question + 11 + 15)  # one byte short of one answer
+    assert counts(cut) == (1, 0, 0, 1)
+    assert cut[2] & 0x02
+    assert dns.message.from_wire(cut).edns == 0
+
+
+def test_truncate_authority_cut_sets_tc():
+    packet = make_reply(answers=1, authority=60, edns=False)
+    cut = wire.truncate(packet, 512)
+    assert cut[2] & 0x02
+    an, ns = counts(cut)[1:3]
+    assert an == 1 and 0 < ns < 60
+    dns.message.from_wire(cut)
+
+
+def test_truncate_additional_cut_does_not_set_tc():
+    packet = make_reply(answers=2, additional=40)
+    cut = wire.truncate(packet, 512)
+    assert len(cut) <= 512
+    assert not cut[2] & 0x02
+    qd, an, ns, ar = counts(cut)
+    assert (qd, an, ns) == (1, 2, 0)
+    assert 1 < ar < 41
+    parsed = dns.message.from_wire(cut)
+    assert parsed.edns == 0 and len(parsed.additional) == ar - 1
+
+
+def test_truncate_keeps_an_opt_that_is_not_last():
+    glue = [a_record(owner=wire_name(f"glue{i}.example"), address=bytes((192, 0, 2, i))) for i in range(40)]
+    packet = header(wire.QR | wire.AA, ar=41) + GOOD + wire.opt_record(False) + b"".join(glue)
+    assert dns.message.from_wire(packet).edns == 0
+    cut = wire.truncate(packet, 512)
+    assert len(cut) <= 512
+    assert not cut[2] & 0x02
+    assert cut.count(wire.opt_record(False)) == 1
+    parsed = dns.message.from_wire(cut)
+    assert parsed.edns == 0 and len(parsed.additional) == counts(cut)[3] - 1 > 0
