@@ -12,8 +12,9 @@ from globaldns.errors import ConfigError, SourceError
 from globaldns.sources.files import find_files, parse_file
 
 
-def run_check(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Exit status 0 when everything is valid, 1 when there is any problem."""
+    out = out or sys.stdout  # looked up per call, so a redirected sys.stdout is honoured
     if not os.path.exists(args.path):
         raise ConfigError(f"{args.path}: no such file or directory")
     entries, problems = [], []

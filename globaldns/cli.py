@@ -48,8 +48,13 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="zone answered from ServiceEntries (repeatable; default global)",
     )
     add("--service-entries", metavar="PATH", help="ServiceEntry YAML file or directory, reloaded on change")
-    add("--reload", dest="reload_interval", type=_typed(config.parse_seconds), metavar="SECONDS",
-        help="how often to look for changed files (default 1; 0: only on SIGHUP)")
+    add(
+        "--reload",
+        dest="reload_interval",
+        type=_typed(config.parse_seconds),
+        metavar="SECONDS",
+        help="how often to look for changed files (default 1; 0: only on SIGHUP)",
+    )
     add("--ttl", type=_typed(config.parse_ttl), metavar="SECONDS", help="TTL of answers (default 30)")
     add(
         "--default-address",
@@ -113,7 +118,9 @@ def _from_env(parser: argparse.ArgumentParser, args: argparse.Namespace, environ
     """Fill every flag not given on the command line from GLOBALDNS_<FLAG>; repeatable ones split on commas."""
     subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
     for action in subparser._actions:
-        if not action.option_strings or getattr(args, action.dest, None) is not None:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        if getattr(args, action.dest, None) is not None:
             continue
         variable = ENV_PREFIX + action.option_strings[0].lstrip("-").replace("-", "_").upper()
         text = environ.get(variable)
@@ -127,6 +134,8 @@ def _from_env(parser: argparse.ArgumentParser, args: argparse.Namespace, environ
             elif isinstance(action, argparse._AppendAction):
                 convert = action.type or str
                 value = [convert(part) for part in text.split(",") if part.strip()]
+                if not value:
+                    raise argparse.ArgumentTypeError(f"{text!r} has no values")
             else:
                 value = (action.type or str)(text)
         except argparse.ArgumentTypeError as error:

@@ -57,7 +57,7 @@ def parse_endpoint(text: str) -> Endpoint:
     except ValueError:
         if host != "localhost":
             raise ConfigError(f"{host!r} in {text!r} is not an IP address") from None
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{port!r} in {text!r} is not a port (0-65535)")
     return Endpoint(host, int(port))
 
@@ -72,7 +72,7 @@ def parse_zone(text: str) -> str:
 
 def parse_ttl(text: str) -> int:
     """A TTL in seconds, 0 to 2^31-1 (RFC 2181)."""
-    if not text.isdigit() or int(text) > 2**31 - 1:
+    if not (text.isascii() and text.isdigit()) or int(text) > 2**31 - 1:
         raise ConfigError(f"{text!r} is not a TTL in seconds (0 to 2147483647)")
     return int(text)
 

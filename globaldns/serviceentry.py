@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from globaldns.config import IPAddress
@@ -135,9 +135,11 @@ def _addresses(value: Any, field: str, warnings: list[str], invalid: Any) -> tup
 def _timestamp(value: Any, invalid: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise invalid(f"metadata.creationTimestamp {value!r} is not RFC 3339") from None
+    if not isinstance(value, datetime):
+        try:
+            value = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            raise invalid(f"metadata.creationTimestamp {value!r} is not RFC 3339") from None
+    if value.tzinfo is None:  # Kubernetes writes UTC; never read a timestamp in the machine's zone
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()

@@ -112,6 +112,8 @@ def compile(
     zone_by_name = {zone: _zone(zone, ttl, serial, recursion) for zone in sorted(zones, key=len, reverse=True)}
     for zone in zone_by_name.values():
         table.zones[zone.wire_name] = zone
+    if not synced:
+        return table  # zones only: no precomputed answer (not even the apex SOA) bypasses the SERVFAIL
     table.hosts = _resolve_hosts(entries, zone_by_name, default_addresses, auto_allocate, table.conflicts)
 
     for host in table.hosts.values():
@@ -149,12 +151,15 @@ def _resolve_hosts(
                 continue
             winner = hosts.get(name)
             if winner is not None:
-                conflicts.append(
-                    f"host {name} is in {winner.entry.ref} and {entry.ref}; {winner.entry.ref} is older and wins"
-                )
+                older, newer = _describe(winner.entry), _describe(entry)
+                conflicts.append(f"host {name} is in {older} and {newer}; {older} is older and wins")
                 continue
             hosts[name] = Host(name, addresses, entry, source)
     return hosts
+
+
+def _describe(entry: ServiceEntry) -> str:
+    return f"{entry.ref} ({entry.origin})" if entry.origin else entry.ref
 
 
 def _addresses(
@@ -270,17 +275,16 @@ def _add_ancestors(table: Table, zones: dict[str, Zone]) -> None:
             if name in table.names:
                 continue
             table.names[name] = zone.nodata
-            covering = _covering_wildcard(table, name)
+            covering = _covering_wildcard(table, name, zone.wire_name)
             for qtype in _ADDRESS_TYPES:
                 table.answers[key(name, qtype)] = covering.get(qtype, zone.nodata) if covering else zone.nodata
 
 
-def _covering_wildcard(table: Table, name: bytes) -> dict[int, Answer] | None:
-    """The longest wildcard strictly above a wire name."""
+def _covering_wildcard(table: Table, name: bytes, apex: bytes) -> dict[int, Answer] | None:
+    """The longest wildcard strictly above a wire name, within its zone (as `Table.lookup` searches)."""
     offset = name[0] + 1
-    while name[offset] != 0:
+    while True:
         wildcard = table.wildcards.get(name[offset:])
-        if wildcard is not None:
+        if wildcard is not None or name[offset:] == apex:
             return wildcard
         offset += name[offset] + 1
-    return table.wildcards.get(name[offset:])

@@ -252,7 +252,18 @@ def test_spec_must_be_a_mapping(spec):
         ([], []),
         (None, []),
     ],
-    ids=["ipv4", "ipv6", "dual", "slash32", "slash128", "ipv6-normalised", "whitespace", "deduplicated", "empty", "absent"],
+    ids=[
+        "ipv4",
+        "ipv6",
+        "dual",
+        "slash32",
+        "slash128",
+        "ipv6-normalised",
+        "whitespace",
+        "deduplicated",
+        "empty",
+        "absent",
+    ],
 )
 def test_addresses_normalised(addresses, expected):
     spec = {} if addresses is None else {"addresses": addresses}

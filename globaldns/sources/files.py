@@ -75,7 +75,7 @@ def _objects(document: Any) -> list[tuple[str, Any]]:
     if (
         isinstance(document, dict)
         and isinstance(document.get("items"), list)
-        and document.get("kind", "").endswith("List")
+        and str(document.get("kind")).endswith("List")
     ):
         return [(f".items[{i}]", item) for i, item in enumerate(document["items"]) if _is_candidate(item)]
     return [("", document)] if _is_candidate(document) else []
@@ -151,8 +151,8 @@ class FilesSource:
                     self.files[path] = (signature, known[1])
                 changed.add(path)
                 continue
-            self.errors.pop(path, None)
-            if known is None or known[1] != parsed:
+            recovered = self.errors.pop(path, None) is not None
+            if known is None or known[1] != parsed or recovered:
                 changed.add(path)
             self.files[path] = (signature, parsed)
         return bool(changed)

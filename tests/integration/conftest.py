@@ -30,8 +30,21 @@ class ServerProcess:
     """`python -m globaldns serve ...` with its stderr collected line by line, so tests wait on log lines."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        command = [sys.executable, "-m", "globaldns", "serve", "--listen", "127.0.0.1:0",
-                   "--health", "127.0.0.1:0", "--ready", "127.0.0.1:0", "--lameduck", "0", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "globaldns",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--health",
+            "127.0.0.1:0",
+            "--ready",
+            "127.0.0.1:0",
+            "--lameduck",
+            "0",
+            *args,
+        ]
         self.process = subprocess.Popen(
             command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}
         )

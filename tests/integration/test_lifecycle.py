@@ -100,7 +100,16 @@ def test_missing_service_entries_path_exits_2():
 
 def test_port_in_use_exits_1_naming_the_flag(start_server, entries: Path):
     server = start_server("--service-entries", str(entries))
-    result = run_cli("serve", "--service-entries", str(entries), "--listen", f"127.0.0.1:{server.port}",
-                     "--health", "127.0.0.1:0", "--ready", "127.0.0.1:0")
+    result = run_cli(
+        "serve",
+        "--service-entries",
+        str(entries),
+        "--listen",
+        f"127.0.0.1:{server.port}",
+        "--health",
+        "127.0.0.1:0",
+        "--ready",
+        "127.0.0.1:0",
+    )
     assert result.returncode == 1
     assert f"--listen 127.0.0.1:{server.port}" in result.stderr
