@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import dns.message
+import dns.query
 import dns.rcode
 
 from .conftest import ServerProcess
@@ -113,3 +116,27 @@ def test_port_in_use_exits_1_naming_the_flag(start_server, entries: Path):
     )
     assert result.returncode == 1
     assert f"--listen 127.0.0.1:{server.port}" in result.stderr
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 right now."""
+    while True:
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def test_every_listen_address_serves_udp_and_tcp(start_server, entries: Path):
+    second = free_port()
+    server = start_server("--service-entries", str(entries), "--listen", f"127.0.0.1:{second}")
+    server.wait_for(f"serving DNS on 127.0.0.1:{second}")
+    for port in (server.port, second):
+        for tcp in (False, True):
+            reply = dns.query.tcp if tcp else dns.query.udp
+            message = reply(dns.message.make_query("httpbin.bar.global", "A"), "127.0.0.1", port=port, timeout=2)
+            assert message.answer[0][0].address == "240.0.0.2"
