@@ -94,6 +94,33 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="debug, info, warning or error (default info)",
     )
     add("--log-queries", action="store_const", const=True, help="log one line per query")
+    add(
+        "--upstream",
+        action="append",
+        type=_typed(config.parse_upstream),
+        metavar="HOST[:PORT]",
+        help="resolver for names outside the zones (repeatable; default: /etc/resolv.conf; none: off)",
+    )
+    add("--upstream-policy", choices=config.UPSTREAM_POLICIES, help="order upstreams are tried in (default random)")
+    add(
+        "--max-fails",
+        type=_typed(config.parse_count),
+        metavar="N",
+        help="consecutive failures that mark an upstream down (default 2)",
+    )
+    add(
+        "--allow",
+        action="append",
+        type=_typed(config.parse_cidr),
+        metavar="CIDR",
+        help="clients that may use forwarding (repeatable; default loopback and private ranges)",
+    )
+    add(
+        "--cache-size",
+        type=_typed(config.parse_count),
+        metavar="N",
+        help="forwarded replies kept (default 10000; 0: no cache)",
+    )
     return serve
 
 
@@ -114,9 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    return parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+
+
 def _from_env(parser: argparse.ArgumentParser, args: argparse.Namespace, environ: dict[str, str]) -> None:
     """Fill every flag not given on the command line from GLOBALDNS_<FLAG>; repeatable ones split on commas."""
-    subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    subparser = _subparser(parser, args.command)
     for action in subparser._actions:
         if not action.option_strings or isinstance(action, argparse._HelpAction):
             continue
@@ -138,6 +169,8 @@ def _from_env(parser: argparse.ArgumentParser, args: argparse.Namespace, environ
                     raise argparse.ArgumentTypeError(f"{text!r} has no values")
             else:
                 value = (action.type or str)(text)
+                if action.choices is not None and value not in action.choices:
+                    raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(action.choices)}")
         except argparse.ArgumentTypeError as error:
             subparser.error(f"{variable}: {error}")
         setattr(args, action.dest, value)
@@ -153,9 +186,15 @@ def parse_config(
     if args.command != "serve":
         return args.command, args
     given = {key: value for key, value in vars(args).items() if key != "command" and value is not None}
-    for key in ("listen", "zones", "default_address"):
+    for key in ("listen", "zones", "default_address", "upstream", "allow"):
         if key in given:
             given[key] = tuple(dict.fromkeys(given[key]))
+    if None in given.get("upstream", ()):
+        if len(given["upstream"]) > 1:
+            _subparser(parser, "serve").error("argument --upstream: none cannot be combined with addresses")
+        given["upstream"] = ()
+    if given.get("max_fails") == 0:
+        _subparser(parser, "serve").error("argument --max-fails: must be 1 or more")
     return "serve", config.Config(**given)
 
 

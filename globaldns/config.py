@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from globaldns.errors import ConfigError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOG_LEVELS = ("debug", "info", "warning", "error")
+UPSTREAM_POLICIES = ("random", "sequential")
+# Who may use forwarding by default: loopback and private ranges (RFC 1918, CGNAT, ULA), never the world.
+DEFAULT_ALLOW = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
 
@@ -39,6 +46,15 @@ class Config:
     lameduck: float = 5.0
     log_level: str = "info"
     log_queries: bool = False
+    upstream: tuple[Endpoint, ...] | None = None  # None: the nameservers of resolv_conf; (): forwarding off
+    upstream_policy: str = "random"
+    max_fails: int = 2
+    allow: tuple[IPNetwork, ...] = DEFAULT_ALLOW
+    cache_size: int = 10_000
+    resolv_conf: str = "/etc/resolv.conf"
+    forward_timeout: float = 2.0  # one try
+    forward_deadline: float = 5.0  # every try of one query
+    health_interval: float = 0.5  # probing an upstream marked down
     reload_interval: float = 1.0
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
@@ -102,3 +118,52 @@ def parse_log_level(text: str) -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
     return level
+
+
+def parse_upstream(text: str) -> Endpoint | None:
+    """HOST, HOST:PORT, [IPv6]:PORT or a bare IPv6 address (port 53); `none` (forwarding off) is None."""
+    text = text.strip()
+    if text.lower() == "none":
+        return None
+    try:
+        return Endpoint(str(ipaddress.ip_address(text)), 53)
+    except ValueError:
+        pass
+    endpoint = parse_endpoint(text if text.rpartition(":")[2].isdigit() and "]" not in text[-1:] else text + ":53")
+    if endpoint.port == 0:
+        raise ConfigError(f"{text!r}: port 0 is not an upstream")
+    return endpoint
+
+
+def parse_cidr(text: str) -> IPNetwork:
+    """A network such as 10.0.0.0/8; a bare address is a /32 or /128."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a CIDR") from None
+
+
+def parse_count(text: str) -> int:
+    """A whole number, 0 or more."""
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def read_resolv_conf(path: str) -> tuple[Endpoint, ...]:
+    """The `nameserver` addresses of a resolv.conf (port 53); unreadable or odd lines are skipped."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            lines = stream.read().splitlines()
+    except OSError:
+        return ()
+    servers = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                address = ipaddress.ip_address(fields[1].partition("%")[0])
+            except ValueError:
+                continue
+            servers.append(Endpoint(str(address), 53))
+    return tuple(dict.fromkeys(servers))

@@ -1,16 +1,22 @@
-"""The per-query pipeline: guards -> zone table -> (not in a zone) REFUSED until forwarding exists.
+"""The per-query pipeline: guards -> zone table -> cache -> forward, with the hot path first.
 
-`answer` is the hot path. For a query whose lower-cased question is a key of the table it slices the
-header by index and splices precomputed bytes: no parse, no object, no await, no lock.
+`answer` slices the header by index and looks the lower-cased question up in the zone table, then in
+the cache; either hit is answered by splicing precomputed bytes: no parse, no object, no await, no lock.
+Everything else goes the slow path; a cache miss makes one task, shared by identical queries in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
-from globaldns import wire
+from globaldns import cache, wire
+from globaldns.errors import UpstreamError
+from globaldns.forward import Forwarder
 from globaldns.logs import query_line, warn_once
 from globaldns.table import Answer, Table
 
@@ -21,6 +27,8 @@ _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
 _NO_ADDITIONAL = b"\x00\x00"
 _ONE_ADDITIONAL = b"\x00\x01"
 _OPT_START = b"\x00\x00\x29"  # root owner, TYPE OPT
+_ALLOWED_MEMO = 4096  # client addresses whose --allow verdict is remembered
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Channel(Protocol):
@@ -31,38 +39,59 @@ class Channel(Protocol):
     def send(self, reply: bytes, addr: object) -> None: ...
 
 
+# A client waiting for a forwarded answer: (query, question end, edns, do, udp size, channel, addr, started)
+Waiter = tuple[bytes, int, bool, int, int, Channel, object, float]
+
+
 class Resolver:
-    """Answers wire queries from the current table; `table` is swapped whole when a new one is compiled."""
+    """Answers wire queries; `table` is swapped whole when a new one is compiled."""
 
-    __slots__ = ("recursion", "table", "turn")
+    __slots__ = ("_allowed", "_inflight", "_tasks", "allow", "cache", "forwarder", "recursion", "table", "turn")
 
-    def __init__(self, table: Table, recursion: bool = False) -> None:
+    def __init__(
+        self,
+        table: Table,
+        forwarder: Forwarder | None = None,
+        answers_cache: cache.Cache | None = None,
+        allow: Sequence[IPNetwork] = (),
+    ) -> None:
         self.table = table
-        self.recursion = recursion
+        self.forwarder = forwarder
+        self.recursion = forwarder is not None  # RA on every reply when forwarding is on
+        self.cache = answers_cache or cache.Cache(0)
+        self.allow = tuple(allow)
         self.turn = 0  # rotates multi-address answers
+        self._allowed: dict[str, bool] = {}
+        self._inflight: dict[bytes, list[Waiter]] = {}
+        self._tasks: set[asyncio.Task] = set()
 
     def answer(self, query: bytes, addr: object, channel: Channel) -> bytes | None:
         """The reply to send now, or None (dropped, or answered later through channel.send)."""
         end = query.find(0, 12) + 5
-        found = self.table.answers.get(query[12:end].lower()) if end > 16 else None
-        if found is not None and not query[2] & 0xF8 and query[4:10] == _ONE_QUESTION:
+        if end > 16 and not query[2] & 0xF8 and query[4:10] == _ONE_QUESTION:
             size = len(query)
             if size == end and query[10:12] == _NO_ADDITIONAL:
-                return self._splice(query, end, found, False, 0, 0, channel.tcp)
-            if (
+                edns, do, udp_size = False, 0, 0
+            elif (
                 size >= end + 11
                 and query[10:12] == _ONE_ADDITIONAL
                 and query[end : end + 3] == _OPT_START
                 and query[end + 6] == 0
                 and (query[end + 9] << 8 | query[end + 10]) == size - end - 11
             ):
-                udp_size = query[end + 3] << 8 | query[end + 4]
-                return self._splice(query, end, found, True, query[end + 7] & 0x80, udp_size, channel.tcp)
-        return self._slow(query, channel)
+                edns, do, udp_size = True, query[end + 7] & 0x80, query[end + 3] << 8 | query[end + 4]
+            else:
+                return self._slow(query, addr, channel)
+            key = query[12:end].lower()
+            found = self.table.answers.get(key)
+            if found is None:
+                found = self.cache.get(cache.key(key[:-4], query[end - 4 : end], do, query[3] & 0x10))
+                if found is None or not self._may_forward(addr):
+                    return self._slow(query, addr, channel)
+            return self._splice(query, end, found, edns, do, udp_size, channel.tcp)
+        return self._slow(query, addr, channel)
 
-    def _splice(
-        self, query: bytes, end: int, found: Answer, edns: bool, do: int, udp_size: int = 0, tcp: bool = False
-    ) -> bytes:
+    def _splice(self, query: bytes, end: int, found: Answer, edns: bool, do: int, udp_size: int, tcp: bool) -> bytes:
         """ID and question from the query, the rest precomputed; cut to the client's UDP limit."""
         heads, bodies = found
         self.turn += 1
@@ -76,7 +105,7 @@ class Resolver:
             return reply
         return wire.truncate(reply, max(wire.UDP_MIN, udp_size))
 
-    def _slow(self, query: bytes, channel: Channel) -> bytes | None:
+    def _slow(self, query: bytes, addr: object, channel: Channel) -> bytes | None:
         """Everything the hot path does not cover: bad input, wildcards, misses, other types and classes."""
         try:
             question = wire.scan(query)
@@ -89,13 +118,61 @@ class Resolver:
             return wire.error_reply(query, wire.REFUSED, question.end, edns, self.recursion)
         table = self.table
         located = table.zone_of(question.name, question.labels)
-        if located is None:
+        if located is not None:
+            if not table.synced:
+                return wire.error_reply(query, wire.SERVFAIL, question.end, edns, self.recursion)
+            zone, apex = located
+            found = table.lookup(question.name, question.labels, question.qtype, zone, apex)
+            return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel.tcp)
+        if self.forwarder is None or not self._may_forward(addr):
             return wire.error_reply(query, wire.REFUSED, question.end, edns, self.recursion)
-        if not table.synced:
-            return wire.error_reply(query, wire.SERVFAIL, question.end, edns, self.recursion)
-        zone, apex = located
-        found = table.lookup(question.name, question.labels, question.qtype, zone, apex)
-        return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel.tcp)
+        cache_key = cache.key(question.name, query[question.end - 4 : question.end], question.do, query[3] & 0x10)
+        found = self.cache.get(cache_key)
+        if found is not None:
+            return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel.tcp)
+        waiter = (query, question.end, edns, question.do, question.udp_size, channel, addr, time.perf_counter())
+        waiting = self._inflight.get(cache_key)
+        if waiting is not None:  # the same question is already upstream: wait for that answer
+            waiting.append(waiter)
+            return None
+        self._inflight[cache_key] = [waiter]
+        task = asyncio.create_task(self._forward(cache_key, query, question.end, channel.tcp))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return None
+
+    async def _forward(self, cache_key: bytes, query: bytes, question_end: int, tcp: bool) -> None:
+        """One upstream exchange for every client waiting on cache_key; SERVFAIL (cached 5 s) if none answers."""
+        assert self.forwarder is not None
+        try:
+            reply = await self.forwarder.exchange(query, question_end, tcp)
+            parts = wire.split_reply(reply, question_end)
+        except (UpstreamError, wire.Malformed) as error:
+            warn_once(log, f"upstream {error}", "forwarding failed: %s", error)
+            parts = wire.failure_parts(wire.SERVFAIL)
+        except BaseException:
+            parts = wire.failure_parts(wire.SERVFAIL)
+            raise
+        finally:
+            waiters = self._inflight.pop(cache_key, [])
+        found = self.cache.put(cache_key, parts)
+        for query_, end, edns, do, udp_size, channel, addr, started in waiters:
+            reply = self._splice(query_, end, found, edns, do, udp_size, channel.tcp)
+            self._deliver(reply, query_, channel, addr, started)
+
+    def _deliver(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: float) -> None:
+        """Send a reply that was produced later than its query."""
+        channel.send(reply, addr)
+
+    def _may_forward(self, addr: object) -> bool:
+        """Is the client inside --allow? Remembered per address, so the check is a dict lookup."""
+        host = addr[0] if isinstance(addr, tuple) else str(addr)
+        allowed = self._allowed.get(host)
+        if allowed is None:
+            if len(self._allowed) >= _ALLOWED_MEMO:
+                self._allowed.clear()
+            allowed = self._allowed[host] = _inside(host, self.allow)
+        return allowed
 
     def failed(self, query: bytes, error: Exception) -> bytes | None:
         """An unexpected exception while answering: log it once, answer SERVFAIL if the header allows."""
@@ -103,6 +180,24 @@ class Resolver:
         if len(query) < wire.HEADER_SIZE or query[2] & 0x80:
             return None
         return wire.error_reply(query, wire.SERVFAIL, 0, False, self.recursion)
+
+    async def close(self) -> None:
+        """Cancel forwarding in flight (shutdown, after the lameduck)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.forwarder is not None:
+            await self.forwarder.close()
+
+
+def _inside(host: str, networks: Sequence[IPNetwork]) -> bool:
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 class QueryLoggingResolver(Resolver):
@@ -113,6 +208,14 @@ class QueryLoggingResolver(Resolver):
     def answer(self, query: bytes, addr: object, channel: Channel) -> bytes | None:
         started = time.perf_counter()
         reply = Resolver.answer(self, query, addr, channel)
+        if reply is not None:
+            self._log(reply, query, channel, addr, started)
+        return reply
+
+    def _deliver(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: float) -> None:
+        self._log(reply, query, channel, addr, started)
+        channel.send(reply, addr)
+
+    def _log(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: float) -> None:
         proto = "tcp" if channel.tcp else "udp"
         query_log.info("%s", query_line(addr, proto, query, reply, time.perf_counter() - started))
-        return reply

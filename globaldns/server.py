@@ -17,8 +17,10 @@ import time
 import uvloop
 
 from globaldns import logs, table
-from globaldns.config import Config, Endpoint
+from globaldns.cache import Cache
+from globaldns.config import Config, Endpoint, read_resolv_conf
 from globaldns.errors import ConfigError
+from globaldns.forward import Forwarder
 from globaldns.probes import Route, bound_port, serve_http, text
 from globaldns.protocols.tcp import TCPProtocol
 from globaldns.protocols.udp import UDPProtocol
@@ -51,6 +53,26 @@ class ServerState:
         return None
 
 
+def build_forwarder(config: Config) -> Forwarder | None:
+    """The upstream pool: --upstream, else the nameservers of resolv.conf; None when forwarding is off."""
+    upstreams = config.upstream if config.upstream is not None else read_resolv_conf(config.resolv_conf)
+    if config.upstream is None and not upstreams:
+        raise ConfigError(f"no nameserver in {config.resolv_conf}: give --upstream HOST[:PORT] or --upstream none")
+    for upstream in upstreams:
+        if any(upstream.port == own.port and upstream.host in (own.host, "127.0.0.1", "::1") for own in config.listen):
+            raise ConfigError(f"--upstream {upstream} is this server's own --listen address: it would loop")
+    if not upstreams:
+        return None
+    return Forwarder(
+        upstreams,
+        policy=config.upstream_policy,
+        try_timeout=config.forward_timeout,
+        deadline=config.forward_deadline,
+        max_fails=config.max_fails,
+        health_interval=config.health_interval,
+    )
+
+
 def build_source(config: Config) -> Source:
     if config.service_entries is None:
         raise ConfigError("--service-entries PATH is required: the Kubernetes source is not available yet")
@@ -65,7 +87,11 @@ class Server:
         self.source = source or build_source(config)
         self.state = ServerState()
         resolver_class = QueryLoggingResolver if config.log_queries else Resolver
-        self.resolver = resolver_class(table.compile((), config.zones, ttl=config.ttl, serial=0, synced=False))
+        forwarder = build_forwarder(config)
+        initial = table.compile(
+            (), config.zones, ttl=config.ttl, serial=0, recursion=forwarder is not None, synced=False
+        )
+        self.resolver = resolver_class(initial, forwarder, Cache(config.cache_size), config.allow)
         self.serial = 0
         self.exit_code = 0
         self._snapshot: Snapshot | None = None
@@ -101,6 +127,7 @@ class Server:
                 self.config.zones,
                 ttl=self.config.ttl,
                 serial=self.serial,
+                recursion=self.resolver.recursion,
                 default_addresses=self.config.default_address,
                 auto_allocate=self.config.auto_allocate,
             )
@@ -185,6 +212,12 @@ class Server:
             log.info(
                 "serving DNS on %s (udp, tcp), zones %s", Endpoint(endpoint.host, port), ", ".join(self.config.zones)
             )
+        forwarder = self.resolver.forwarder
+        if forwarder is None:
+            log.info("forwarding off: names outside the zones get REFUSED")
+        else:
+            upstreams = ", ".join(str(upstream) for upstream in forwarder.upstreams)
+            log.info("forwarding to %s (%s), cache %d entries", upstreams, forwarder.policy, self.config.cache_size)
         self.state.listening = True
         self.started.set()
 
@@ -228,6 +261,7 @@ class Server:
             server.close()
         for connection in list(self.state.connections):
             connection.close()
+        await self.resolver.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

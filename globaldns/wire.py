@@ -6,7 +6,7 @@ Nothing here allocates a record object: the serving path splices precomputed byt
 from __future__ import annotations
 
 import struct
-from functools import cache
+from functools import cache, lru_cache
 from typing import NamedTuple
 
 # Record types and classes the server itself needs to name.
@@ -15,7 +15,7 @@ IN = 1
 # Response codes; BADVERS is an extended rcode carried half in the OPT record.
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
 # Header flag bits (the 16-bit word after the ID).
-QR, AA, TC, RD, RA, CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0010
+QR, AA, TC, RD, RA, AD, CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0020, 0x0010
 
 HEADER_SIZE = 12
 UDP_MIN = 512  # RFC 1035: what a client without EDNS accepts
@@ -152,16 +152,19 @@ def opt_record(do: bool, extended_rcode: int = 0) -> bytes:
     return b"\x00" + struct.pack("!HHBBHH", OPT, EDNS_UDP_SIZE, extended_rcode, 0, 0x8000 if do else 0, 0)
 
 
-@cache
-def reply_heads(rcode: int, ancount: int, nscount: int, ra: bool) -> tuple[bytes, ...]:
+@lru_cache(maxsize=4096)
+def reply_heads(
+    rcode: int, ancount: int, nscount: int, ra: bool, aa: bool = True, ad: bool = False, arcount: int = 0
+) -> tuple[bytes, ...]:
     """The 10 header bytes after the ID, for each (RD, CD, EDNS) of a query: index rd | cd << 1 | edns << 2.
 
-    Interned, so every answer with the same shape shares one tuple.
+    Interned, so every answer with the same shape shares one tuple; `arcount` excludes our OPT.
     """
+    base = QR | (AA if aa else 0) | (AD if ad else 0) | (RA if ra else 0) | rcode
     heads = []
     for index in range(8):
-        flags = QR | AA | (RD if index & 1 else 0) | (CD if index & 2 else 0) | (RA if ra else 0) | rcode
-        heads.append(struct.pack("!HHHHH", flags, 1, ancount, nscount, 1 if index & 4 else 0))
+        flags = base | (RD if index & 1 else 0) | (CD if index & 2 else 0)
+        heads.append(struct.pack("!HHHHH", flags, 1, ancount, nscount, arcount + (1 if index & 4 else 0)))
     return tuple(heads)
 
 
@@ -215,3 +218,61 @@ def truncate(reply: bytes, limit: int) -> bytes:
     flags = int.from_bytes(reply[2:4]) | (TC if cut else 0)
     header = reply[:2] + struct.pack("!HHHHH", flags, qdcount, kept[0], kept[1], kept[2] + (1 if opt else 0))
     return b"".join((header, *body, opt))
+
+
+class ReplyParts(NamedTuple):
+    """An upstream reply taken apart once, so cached copies are spliced, never parsed again."""
+
+    rcode: int
+    ad: bool
+    truncated: bool
+    counts: tuple[int, int, int]  # answer, authority, additional (without OPT)
+    body: bytes  # every record after the question, OPT removed
+    ttl_offsets: tuple[int, ...]  # where each record's TTL sits in body
+    min_ttl: int | None  # the smallest record TTL, None without records
+    negative_ttl: int | None  # min(SOA TTL, SOA minimum) of an SOA in authority (RFC 2308)
+
+
+def split_reply(reply: bytes, question_end: int) -> ReplyParts:
+    """Take a reply apart after its (already validated) question; Malformed(FORMERR) if it does not parse."""
+    flags = int.from_bytes(reply[2:4])
+    ancount, nscount, arcount = struct.unpack_from("!HHH", reply, 6)
+    offset = question_end
+    kept: list[bytes] = []
+    ttl_offsets: list[int] = []
+    ttls: list[int] = []
+    negative_ttl = None
+    size = 0
+    additional = 0
+    for section, count in enumerate((ancount, nscount, arcount)):
+        for _ in range(count):
+            rtype, fixed, end = skip_record(reply, offset)
+            if rtype == OPT:  # ours is added per client; what follows it would have moved, so it goes too
+                break
+            ttl = int.from_bytes(reply[fixed + 4 : fixed + 8]) & 0x7FFFFFFF  # RFC 2181: the top bit means 0
+            if section == 1 and rtype == SOA:
+                minimum_at = skip_name(reply, skip_name(reply, fixed + 10)) + 16
+                if minimum_at + 4 > end:
+                    raise Malformed(FORMERR)
+                negative_ttl = min(ttl, int.from_bytes(reply[minimum_at : minimum_at + 4]))
+            additional += section == 2
+            ttl_offsets.append(size + fixed + 4 - offset)
+            ttls.append(ttl)
+            kept.append(reply[offset:end])
+            size += end - offset
+            offset = end
+    return ReplyParts(
+        rcode=flags & 0xF,
+        ad=bool(flags & AD),
+        truncated=bool(flags & TC),
+        counts=(ancount, nscount, additional),
+        body=b"".join(kept),
+        ttl_offsets=tuple(ttl_offsets),
+        min_ttl=min(ttls) if ttls else None,
+        negative_ttl=negative_ttl,
+    )
+
+
+def failure_parts(rcode: int) -> ReplyParts:
+    """The parts of a reply with no records, such as our own SERVFAIL when no upstream answers."""
+    return ReplyParts(rcode, False, False, (0, 0, 0), b"", (), None, None)

@@ -58,9 +58,9 @@ class SpyResolver(Resolver):
         super().__init__(compiled)
         self.slow = 0
 
-    def _slow(self, query, channel):
+    def _slow(self, query, addr, channel):
         self.slow += 1
-        return super()._slow(query, channel)
+        return super()._slow(query, addr, channel)
 
 
 @pytest.fixture

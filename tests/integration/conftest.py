@@ -30,6 +30,9 @@ class ServerProcess:
     """`python -m globaldns serve ...` with its stderr collected line by line, so tests wait on log lines."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        """Forwarding is off (`--upstream none`) unless the test names an upstream."""
+        if "--upstream" not in args:
+            args = ("--upstream", "none", *args)
         command = [
             sys.executable,
             "-m",

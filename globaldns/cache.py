@@ -1,0 +1,94 @@
+"""Wire-bytes cache of forwarded replies: LRU-bounded, TTLs counted down, served by splicing like zone answers.
+
+Keys are the lower-cased question name, the exact type and class bytes, and the DO/CD bits (CoreDNS's
+cache key). A hit costs a dict lookup; the TTL fields are rewritten at most once a second per entry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from globaldns import wire
+from globaldns.table import Answer
+
+POSITIVE_MAX, NEGATIVE_MAX, TTL_MIN, SERVFAIL_TTL = 3600, 1800, 5, 5
+_SUFFIXES = tuple(bytes((bits,)) for bits in range(4))
+
+
+def key(lowered_name: bytes, type_and_class: bytes, do: bool, cd: bool) -> bytes:
+    """name (lower-cased) + the exact QTYPE/QCLASS bytes + DO/CD: lower() must not touch the type bytes."""
+    return lowered_name + type_and_class + _SUFFIXES[(2 if do else 0) | (1 if cd else 0)]
+
+
+def cache_ttl(parts: wire.ReplyParts) -> int | None:
+    """How long a reply may be cached, or None: CoreDNS's rules with RFC 2308 for negatives."""
+    if parts.truncated:
+        return None
+    if parts.rcode == wire.SERVFAIL:
+        return SERVFAIL_TTL
+    if parts.rcode == wire.NOERROR and parts.counts[0] and parts.min_ttl is not None:
+        return min(max(parts.min_ttl, TTL_MIN), POSITIVE_MAX)
+    if parts.rcode in (wire.NOERROR, wire.NXDOMAIN) and parts.negative_ttl is not None:
+        return min(max(parts.negative_ttl, TTL_MIN), NEGATIVE_MAX)
+    return None
+
+
+def to_answer(parts: wire.ReplyParts, ttl: int | None = None) -> Answer:
+    """Header variants and body of a forwarded reply; with ttl, every record's TTL becomes ttl (as CoreDNS does)."""
+    heads = wire.reply_heads(parts.rcode, parts.counts[0], parts.counts[1], True, False, parts.ad, parts.counts[2])
+    body = parts.body
+    if ttl is not None and parts.ttl_offsets:
+        rewritten = bytearray(body)
+        remaining = ttl.to_bytes(4)
+        for offset in parts.ttl_offsets:
+            rewritten[offset : offset + 4] = remaining
+        body = bytes(rewritten)
+    return heads, (body,)
+
+
+class Entry:
+    __slots__ = ("answer", "elapsed", "expires", "parts", "stored", "ttl")
+
+    def __init__(self, parts: wire.ReplyParts, ttl: int, now: float) -> None:
+        self.parts = parts
+        self.ttl = ttl
+        self.stored = now
+        self.expires = now + ttl
+        self.elapsed = 0
+        self.answer = to_answer(parts, ttl)
+
+
+class Cache:
+    """At most max_entries replies, least recently used evicted first; max_entries 0 caches nothing."""
+
+    def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.clock = clock
+        self.entries: OrderedDict[bytes, Entry] = OrderedDict()
+
+    def get(self, cache_key: bytes) -> Answer | None:
+        entry = self.entries.get(cache_key)
+        if entry is None:
+            return None
+        now = self.clock()
+        if now >= entry.expires:
+            del self.entries[cache_key]
+            return None
+        self.entries.move_to_end(cache_key)
+        elapsed = int(now - entry.stored)
+        if elapsed != entry.elapsed:
+            entry.elapsed = elapsed
+            entry.answer = to_answer(entry.parts, entry.ttl - elapsed)
+        return entry.answer
+
+    def put(self, cache_key: bytes, parts: wire.ReplyParts) -> Answer:
+        """Store the reply if the rules allow; return it as an answer, TTLs as the upstream sent them."""
+        ttl = cache_ttl(parts)
+        if ttl is not None and self.max_entries > 0:
+            self.entries[cache_key] = Entry(parts, ttl, self.clock())
+            self.entries.move_to_end(cache_key)
+            while len(self.entries) > self.max_entries:
+                self.entries.popitem(last=False)
+        return to_answer(parts)
