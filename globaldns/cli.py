@@ -47,7 +47,21 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
         metavar="ZONE",
         help="zone answered from ServiceEntries (repeatable; default global)",
     )
-    add("--service-entries", metavar="PATH", help="ServiceEntry YAML file or directory, reloaded on change")
+    add(
+        "--service-entries",
+        metavar="PATH",
+        help="ServiceEntry YAML file or directory, reloaded on change (default: watch Kubernetes)",
+    )
+    add("--kubeconfig", metavar="PATH", help="kubeconfig when not in a cluster (default: $KUBECONFIG, ~/.kube/config)")
+    add(
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        type=_typed(config.parse_namespace),
+        metavar="NS",
+        help="watch ServiceEntries in this namespace only (repeatable; default all)",
+    )
+    add("--label-selector", metavar="SELECTOR", help="watch only ServiceEntries with these labels (app=x,tier!=y)")
     add(
         "--reload",
         dest="reload_interval",
@@ -186,7 +200,7 @@ def parse_config(
     if args.command != "serve":
         return args.command, args
     given = {key: value for key, value in vars(args).items() if key != "command" and value is not None}
-    for key in ("listen", "zones", "default_address", "upstream", "allow"):
+    for key in ("listen", "zones", "default_address", "upstream", "allow", "namespaces"):
         if key in given:
             given[key] = tuple(dict.fromkeys(given[key]))
     if None in given.get("upstream", ()):

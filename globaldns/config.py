@@ -38,6 +38,9 @@ class Config:
     listen: tuple[Endpoint, ...] = (Endpoint("0.0.0.0", 53),)
     zones: tuple[str, ...] = ("global",)
     service_entries: str | None = None
+    kubeconfig: str | None = None
+    namespaces: tuple[str, ...] = ()  # () watches every namespace
+    label_selector: str | None = None
     ttl: int = 30
     default_address: tuple[IPAddress, ...] = ()
     auto_allocate: bool = False
@@ -126,12 +129,13 @@ def parse_upstream(text: str) -> Endpoint | None:
     if text.lower() == "none":
         return None
     try:
-        return Endpoint(str(ipaddress.ip_address(text)), 53)
+        endpoint = Endpoint(str(ipaddress.ip_address(text)), 53)
     except ValueError:
-        pass
-    endpoint = parse_endpoint(text if text.rpartition(":")[2].isdigit() and "]" not in text[-1:] else text + ":53")
+        endpoint = parse_endpoint(text if text.rpartition(":")[2].isdigit() and "]" not in text[-1:] else text + ":53")
     if endpoint.port == 0:
         raise ConfigError(f"{text!r}: port 0 is not an upstream")
+    if endpoint.host in ("0.0.0.0", "::"):  # also what parse_endpoint makes of an empty host ("", ":53")
+        raise ConfigError(f"{text!r} is not an upstream address")
     return endpoint
 
 
@@ -167,3 +171,10 @@ def read_resolv_conf(path: str) -> tuple[Endpoint, ...]:
                 continue
             servers.append(Endpoint(str(address), 53))
     return tuple(dict.fromkeys(servers))
+
+
+def parse_namespace(text: str) -> str:
+    """A Kubernetes namespace name (an RFC 1123 label)."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", text.strip()):
+        raise ConfigError(f"{text!r} is not a namespace name")
+    return text.strip()

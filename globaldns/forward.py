@@ -70,12 +70,14 @@ class Forwarder:
         """A validated reply to query from the first upstream that gives one; UpstreamError if none does."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.deadline
-        errors: list[str] = []
+        errors: dict[str, str] = {}  # the last error of each upstream
         while True:
-            for upstream in self._order():
+            order = self._order()
+            every_one_down = order[0].down  # healthy ones come first
+            for upstream in order:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise UpstreamError("; ".join(errors) or "no upstream answered in time")
+                    raise UpstreamError("; ".join(errors.values()) or "no upstream answered in time")
                 timeout = min(self.try_timeout, remaining)
                 try:
                     if tcp:
@@ -85,11 +87,13 @@ class Forwarder:
                         if reply[2] & 0x02:  # truncated: ask the same upstream over TCP for all of it
                             reply = await self._tcp(upstream, query, question_end, deadline - loop.time())
                 except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError, wire.Malformed) as error:
-                    errors.append(f"{upstream}: {type(error).__name__} {error}".strip())
+                    errors[str(upstream)] = f"{upstream}: {type(error).__name__} {error}".strip()
                     self._failed(upstream)
                     continue
                 upstream.fails = 0
                 return reply
+            if every_one_down:  # each has had its try (CoreDNS too gives up here): no spinning until the deadline
+                raise UpstreamError("; ".join(errors.values()))
 
     def _order(self) -> list[Upstream]:
         """Healthy upstreams by policy, then the ones marked down: never answer nothing."""

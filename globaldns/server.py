@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -59,7 +60,7 @@ def build_forwarder(config: Config) -> Forwarder | None:
     if config.upstream is None and not upstreams:
         raise ConfigError(f"no nameserver in {config.resolv_conf}: give --upstream HOST[:PORT] or --upstream none")
     for upstream in upstreams:
-        if any(upstream.port == own.port and upstream.host in (own.host, "127.0.0.1", "::1") for own in config.listen):
+        if any(_reaches(upstream, own) for own in config.listen):
             raise ConfigError(f"--upstream {upstream} is this server's own --listen address: it would loop")
     if not upstreams:
         return None
@@ -73,9 +74,26 @@ def build_forwarder(config: Config) -> Forwarder | None:
     )
 
 
+def _reaches(upstream: Endpoint, own: Endpoint) -> bool:
+    """Would a query to upstream arrive at our own listener: its very address, or loopback when we listen on all."""
+    if upstream.port != own.port:
+        return False
+    hosts = {upstream.host, own.host}
+    if len(hosts) == 1 or ("localhost" in hosts and hosts <= {"localhost", "127.0.0.1", "::1"}):
+        return True
+    try:
+        loopback = upstream.host == "localhost" or ipaddress.ip_address(upstream.host).is_loopback
+    except ValueError:
+        return False
+    return loopback and own.host in ("0.0.0.0", "::")
+
+
 def build_source(config: Config) -> Source:
+    """Files when --service-entries is given, else the Kubernetes API (credentials are checked now)."""
     if config.service_entries is None:
-        raise ConfigError("--service-entries PATH is required: the Kubernetes source is not available yet")
+        from globaldns.sources.kubernetes import KubernetesSource  # the client is slow to import; files need none
+
+        return KubernetesSource(config.kubeconfig, config.namespaces, config.label_selector)
     if not os.path.exists(config.service_entries):
         raise ConfigError(f"--service-entries {config.service_entries}: no such file or directory")
     return FilesSource(config.service_entries, config.reload_interval)

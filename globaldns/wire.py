@@ -248,8 +248,12 @@ def split_reply(reply: bytes, question_end: int) -> ReplyParts:
         for _ in range(count):
             rtype, fixed, end = skip_record(reply, offset)
             if rtype == OPT:  # ours is added per client; what follows it would have moved, so it goes too
+                if section != 2:  # RFC 6891: only in additional; dropping it here would leave the counts wrong
+                    raise Malformed(FORMERR)
                 break
-            ttl = int.from_bytes(reply[fixed + 4 : fixed + 8]) & 0x7FFFFFFF  # RFC 2181: the top bit means 0
+            ttl = int.from_bytes(reply[fixed + 4 : fixed + 8])
+            if ttl > 0x7FFFFFFF:  # RFC 2181 section 8: a TTL with the top bit set is read as 0
+                ttl = 0
             if section == 1 and rtype == SOA:
                 minimum_at = skip_name(reply, skip_name(reply, fixed + 10)) + 16
                 if minimum_at + 4 > end:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import dns.edns
+import dns.exception
 import dns.flags
 import dns.message
 import dns.opcode
@@ -392,3 +393,365 @@ def test_truncate_keeps_an_opt_that_is_not_last():
     assert cut.count(wire.opt_record(False)) == 1
     parsed = dns.message.from_wire(cut)
     assert parsed.edns == 0 and len(parsed.additional) == counts(cut)[3] - 1 > 0
+
+
+# -- split_reply: an upstream reply taken apart once, for the cache ----------------------------------------------
+
+REPLY_FLAGS = wire.QR | wire.RD | wire.RA
+
+
+def record(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
+    return owner + struct.pack("!HHIH", rtype, wire.IN, ttl, len(rdata)) + rdata
+
+
+def soa_rdata(minimum: int, mname: bytes = b"\x02ns\xc0\x0c", rname: bytes = b"\x05admin\xc0\x0c") -> bytes:
+    return mname + rname + struct.pack("!IIIII", 2024, 7200, 3600, 1209600, minimum)
+
+
+def upstream_reply(
+    answer=(),
+    authority=(),
+    additional=(),
+    edns: bool = False,
+    rcode: int = 0,
+    flags: int = 0,
+    name: str = "Many.Global.",
+) -> bytes:
+    """A dnspython reply; each record is (owner, ttl, type, rdata...)."""
+    response = dns.message.make_response(dns.message.make_query(name, "A", use_edns=0 if edns else None))
+    for section, records in (
+        (response.answer, answer),
+        (response.authority, authority),
+        (response.additional, additional),
+    ):
+        for owner, ttl, rtype, *rdatas in records:
+            section.append(dns.rrset.from_text(owner, ttl, "IN", rtype, *rdatas))
+    response.set_rcode(rcode)
+    response.flags |= flags
+    return response.to_wire()
+
+
+def reply_question_end(reply: bytes) -> int:
+    return wire.skip_name(reply, 12) + 4
+
+
+def split(reply: bytes) -> wire.ReplyParts:
+    return wire.split_reply(reply, reply_question_end(reply))
+
+
+def spliced(parts: wire.ReplyParts, question_bytes: bytes, qid: int = 0x5151) -> bytes:
+    """What the cache serves: a fresh header, the client's question, the kept body."""
+    return header(wire.QR | wire.RA | parts.rcode, 1, *parts.counts, qid=qid) + question_bytes + parts.body
+
+
+def sections(message: dns.message.Message) -> list[list[dns.rrset.RRset]]:
+    return [list(message.answer), list(message.authority), list(message.additional)]
+
+
+ANSWERS = [("Many.Global.", 300, "A", "10.0.0.1", "10.0.0.2")]
+NS_AUTHORITY = [("global.", 600, "NS", "ns1.example.", "ns2.example.")]
+GLUE = [("ns1.example.", 900, "A", "192.0.2.1"), ("ns2.example.", 900, "AAAA", "2001:db8::2")]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected_counts"),
+    [
+        pytest.param({"answer": ANSWERS, "edns": True}, (2, 0, 0), id="answers+opt"),
+        pytest.param(
+            {"answer": ANSWERS, "authority": NS_AUTHORITY, "additional": GLUE, "edns": True}, (2, 2, 2), id="all"
+        ),
+        pytest.param({"answer": ANSWERS, "additional": GLUE}, (2, 0, 2), id="no-opt"),
+        pytest.param({"edns": True}, (0, 0, 0), id="only-opt"),
+    ],
+)
+def test_split_reply_removes_the_opt_and_counts_what_is_kept(kwargs, expected_counts):
+    reply = upstream_reply(**kwargs)
+    end = reply_question_end(reply)
+    parts = wire.split_reply(reply, end)
+    assert parts.counts == expected_counts
+    opt_size = 11 if kwargs.get("edns") else 0
+    assert counts(reply)[3] == expected_counts[2] + (1 if opt_size else 0)
+    assert parts.body == reply[end : len(reply) - opt_size]  # dnspython puts the OPT last
+    parsed = dns.message.from_wire(spliced(parts, reply[12:end]))
+    assert parsed.edns == -1
+    assert sections(parsed) == sections(dns.message.from_wire(reply))
+
+
+def additional_section(items: list[str]) -> tuple[bytes, dict[str, bytes]]:
+    """GOOD, one answer and the named additional records; "late" points back at glue0's owner name."""
+    packet = bytearray(header(REPLY_FLAGS, an=1, ar=len(items)) + GOOD + a_record())
+    made: dict[str, bytes] = {}
+    glue0_at = 0
+    for item in items:
+        if item == "opt":
+            made[item] = wire.opt_record(True)
+        elif item == "late":
+            made[item] = record(struct.pack("!H", 0xC000 | glue0_at), wire.AAAA, 30, b"\x00" * 16)
+        else:
+            if item == "glue0":
+                glue0_at = len(packet)
+            made[item] = record(wire_name(f"{item}.example"), wire.A, 30, b"\xc0\x00\x02\x01")
+        packet += made[item]
+    return bytes(packet), made
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        pytest.param(["glue0", "opt", "glue1", "late"], id="opt-second-drops-the-rest"),
+        pytest.param(["opt", "glue0", "late"], id="opt-first-drops-all"),
+        pytest.param(["glue0", "glue1", "late", "opt"], id="opt-last-drops-none"),
+        pytest.param(["glue0", "glue1", "late"], id="no-opt-drops-none"),
+    ],
+)
+def test_split_reply_drops_records_after_an_opt(items):
+    packet, made = additional_section(items)
+    assert len(dns.message.from_wire(packet).additional) == len(items) - ("opt" in items)  # a valid reply
+    kept = items[: items.index("opt")] if "opt" in items else items
+    parts = wire.split_reply(packet, GOOD_END)
+    assert parts.counts == (1, 0, len(kept))
+    assert parts.body == a_record() + b"".join(made[item] for item in kept)
+    assert len(parts.ttl_offsets) == 1 + len(kept)
+    parsed = dns.message.from_wire(spliced(parts, GOOD))
+    owners = [("glue0" if item == "late" else item) + ".example." for item in kept]
+    assert [rrset.name.to_text() for rrset in parsed.additional] == owners  # "late" still points at glue0
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        pytest.param(header(REPLY_FLAGS, an=2) + GOOD + wire.opt_record(False) + a_record(), id="opt-in-answer"),
+        pytest.param(header(REPLY_FLAGS, an=2) + GOOD + a_record() + wire.opt_record(False), id="opt-last-answer"),
+        pytest.param(header(REPLY_FLAGS, an=1, ns=1) + GOOD + a_record() + wire.opt_record(False), id="in-authority"),
+    ],
+)
+def test_split_reply_rejects_an_opt_outside_the_additional_section(packet):
+    # Dropping it there would leave ANCOUNT/NSCOUNT claiming records the body does not have.
+    with pytest.raises(wire.Malformed) as raised:
+        wire.split_reply(packet, GOOD_END)
+    assert raised.value.rcode == wire.FORMERR
+
+
+SOA_AUTHORITY = [("global.", 900, "SOA", "ns.dns.global. hostmaster.global. 7 7200 1800 86400 60")]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"answer": ANSWERS, "authority": NS_AUTHORITY, "additional": GLUE, "edns": True}, id="referral"),
+        pytest.param({"answer": [("Many.Global.", 60, "CNAME", "target.many.global.")]}, id="cname"),
+        pytest.param({"authority": SOA_AUTHORITY, "rcode": dns.rcode.NXDOMAIN, "edns": True}, id="nxdomain-soa"),
+        pytest.param({"answer": [("Many.Global.", 60, "MX", "10 mail.many.global.")], "edns": True}, id="mx"),
+    ],
+)
+@pytest.mark.parametrize("case", [str.lower, str.upper, str.swapcase], ids=["lower", "upper", "swapcase"])
+def test_split_reply_body_keeps_valid_pointers_after_a_question_of_the_same_length(kwargs, case):
+    reply = upstream_reply(**kwargs)
+    parts = split(reply)
+    end = reply_question_end(reply)
+    targets = {parts.body[i + 1] for i in range(len(parts.body) - 1) if parts.body[i] == 0xC0}
+    assert any(12 <= target < end for target in targets)  # dnspython compressed names against the question
+    client_question = question(case("Many.Global"))
+    assert len(client_question) == end - 12
+    parsed = dns.message.from_wire(spliced(parts, client_question))
+    assert parsed.id == 0x5151 and parsed.rcode() == kwargs.get("rcode", dns.rcode.NOERROR)
+    assert sections(parsed) == sections(dns.message.from_wire(reply))  # names compare case-insensitively
+
+
+def test_split_reply_pointers_need_the_question_length():
+    # The control for the test above: after a question one byte longer, the same body reads differently.
+    parts = split(upstream_reply(answer=ANSWERS, authority=NS_AUTHORITY, additional=GLUE))
+    try:
+        parsed = dns.message.from_wire(spliced(parts, question("Many.Globals")))
+    except dns.exception.DNSException:
+        return
+    assert sections(parsed) != sections(dns.message.from_wire(upstream_reply(answer=ANSWERS)))
+
+
+def test_split_reply_ttl_offsets_point_at_every_ttl():
+    packet = (
+        header(REPLY_FLAGS, an=2, ns=2, ar=3)
+        + GOOD
+        + record(b"\xc0\x0c", wire.A, 101, b"\x0a\x00\x00\x01")
+        + record(wire_name("other.example"), wire.AAAA, 102, b"\x00" * 16)
+        + record(wire_name("global"), wire.NS, 201, b"\x02ns\xc0\x0c")
+        + record(b"\x05inner\xc0\x0c", wire.SOA, 202, soa_rdata(55))
+        + record(wire_name("ns.example"), wire.A, 301, b"\xc0\x00\x02\x01")
+        + wire.opt_record(True)
+        + record(wire_name("dropped.example"), wire.A, 999, b"\xc0\x00\x02\x02")
+    )
+    parts = wire.split_reply(packet, GOOD_END)
+    assert len(parts.ttl_offsets) == 5
+    assert [int.from_bytes(parts.body[o : o + 4]) for o in parts.ttl_offsets] == [101, 102, 201, 202, 301]
+    types = [int.from_bytes(parts.body[o - 4 : o - 2]) for o in parts.ttl_offsets]
+    assert types == [wire.A, wire.AAAA, wire.NS, wire.SOA, wire.A]
+    assert parts.min_ttl == 101
+    assert parts.negative_ttl == 55
+
+
+def test_split_reply_ttl_offsets_from_dnspython():
+    reply = upstream_reply(
+        answer=[("Many.Global.", 11, "A", "10.0.0.1", "10.0.0.2"), ("Many.Global.", 12, "TXT", "t")],
+        authority=[("global.", 21, "NS", "ns1.example.")],
+        additional=[("ns1.example.", 31, "A", "192.0.2.1")],
+        edns=True,
+    )
+    parts = split(reply)
+    assert [int.from_bytes(parts.body[o : o + 4]) for o in parts.ttl_offsets] == [11, 11, 12, 21, 31]
+
+
+@pytest.mark.parametrize(
+    ("packet", "min_ttl"),
+    [
+        pytest.param(header(REPLY_FLAGS) + GOOD, None, id="no-records"),
+        pytest.param(header(REPLY_FLAGS, ar=1) + GOOD + wire.opt_record(False), None, id="only-opt"),
+        pytest.param(header(REPLY_FLAGS, an=1) + GOOD + record(b"\xc0\x0c", 1, 300, b"\x00" * 4), 300, id="one"),
+        pytest.param(
+            header(REPLY_FLAGS, an=1, ar=1) + GOOD + record(b"\xc0\x0c", 1, 300, b"\x00" * 4) + wire.opt_record(False),
+            300,
+            id="opt-ttl-field-0-not-counted",
+        ),
+        pytest.param(
+            header(REPLY_FLAGS, an=1, ns=1, ar=1)
+            + GOOD
+            + record(b"\xc0\x0c", 1, 300, b"\x00" * 4)
+            + record(b"\xc0\x0c", 2, 200, b"\xc0\x0c")
+            + record(b"\xc0\x0c", 1, 100, b"\x00" * 4),
+            100,
+            id="additional-lowest",
+        ),
+        pytest.param(
+            header(REPLY_FLAGS, an=1, ar=2)
+            + GOOD
+            + record(b"\xc0\x0c", 1, 300, b"\x00" * 4)
+            + wire.opt_record(False)
+            + record(b"\xc0\x0c", 1, 1, b"\x00" * 4),
+            300,
+            id="dropped-after-opt-not-counted",
+        ),
+        pytest.param(header(REPLY_FLAGS, an=1) + GOOD + record(b"\xc0\x0c", 1, 0, b"\x00" * 4), 0, id="zero"),
+        pytest.param(
+            header(REPLY_FLAGS, an=1) + GOOD + record(b"\xc0\x0c", 1, 2**31 - 1, b"\x00" * 4), 2**31 - 1, id="2^31-1"
+        ),
+        pytest.param(header(REPLY_FLAGS, an=1) + GOOD + record(b"\xc0\x0c", 1, 2**31, b"\x00" * 4), 0, id="2^31-is-0"),
+        pytest.param(
+            header(REPLY_FLAGS, an=1) + GOOD + record(b"\xc0\x0c", 1, 0x8000012C, b"\x00" * 4), 0, id="top-bit+300-is-0"
+        ),
+        pytest.param(
+            header(REPLY_FLAGS, an=1) + GOOD + record(b"\xc0\x0c", 1, 2**32 - 1, b"\x00" * 4), 0, id="2^32-1-is-0"
+        ),
+    ],
+)
+def test_split_reply_min_ttl(packet, min_ttl):
+    assert wire.split_reply(packet, GOOD_END).min_ttl == min_ttl
+
+
+@pytest.mark.parametrize(
+    ("soa_ttl", "minimum", "negative_ttl"),
+    [
+        pytest.param(900, 60, 60, id="minimum-smaller"),
+        pytest.param(60, 900, 60, id="ttl-smaller"),
+        pytest.param(300, 300, 300, id="equal"),
+        pytest.param(0, 300, 0, id="ttl-0"),
+        pytest.param(2**31 - 1, 600, 600, id="ttl-2^31-1"),
+        pytest.param(0x80000000 | 900, 600, 0, id="ttl-top-bit-is-0"),
+        pytest.param(2**32 - 1, 600, 0, id="ttl-2^32-1-is-0"),
+    ],
+)
+def test_split_reply_negative_ttl_from_a_compressed_soa(soa_ttl, minimum, negative_ttl):
+    reply = upstream_reply(
+        name="nope.Many.Global.",
+        rcode=dns.rcode.NXDOMAIN,
+        authority=[("global.", soa_ttl, "SOA", f"ns.dns.global. hostmaster.global. 7 7200 1800 86400 {minimum}")],
+        edns=True,
+    )
+    parts = split(reply)
+    assert b"\x02ns\x03dns\xc0" in parts.body and b"\x0ahostmaster\xc0" in parts.body  # compressed names in rdata
+    assert parts.negative_ttl == negative_ttl
+    assert 0 <= parts.min_ttl <= 2**31 - 1
+    assert (parts.rcode, parts.counts) == (wire.NXDOMAIN, (0, 1, 0))
+
+
+@pytest.mark.parametrize(
+    ("mname", "rname"),
+    [
+        pytest.param(wire_name("ns.dns.global"), wire_name("hostmaster.global"), id="uncompressed"),
+        pytest.param(b"\x00", b"\x00", id="root-names"),
+        pytest.param(b"\xc0\x0c", b"\x0ahostmaster\xc0\x0c", id="pointer-only-mname"),
+    ],
+)
+def test_split_reply_negative_ttl_whatever_the_soa_names(mname, rname):
+    packet = (
+        header(REPLY_FLAGS | wire.NXDOMAIN, ns=1)
+        + GOOD
+        + record(b"\xc0\x0c", wire.SOA, 300, soa_rdata(77, mname, rname))
+    )
+    assert dns.message.from_wire(packet).authority[0][0].minimum == 77
+    assert wire.split_reply(packet, GOOD_END).negative_ttl == 77
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        pytest.param(header(REPLY_FLAGS | wire.NXDOMAIN) + GOOD, id="no-records"),
+        pytest.param(header(REPLY_FLAGS, an=1) + GOOD + record(b"\xc0\x0c", wire.SOA, 300, soa_rdata(7)), id="answer"),
+        pytest.param(
+            header(REPLY_FLAGS, ar=1) + GOOD + record(b"\xc0\x0c", wire.SOA, 300, soa_rdata(7)), id="additional"
+        ),
+        pytest.param(header(REPLY_FLAGS, ns=1) + GOOD + record(b"\xc0\x0c", wire.NS, 300, b"\xc0\x0c"), id="ns-only"),
+    ],
+)
+def test_split_reply_no_negative_ttl_without_an_soa_in_authority(packet):
+    assert wire.split_reply(packet, GOOD_END).negative_ttl is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "rcode", "ad", "truncated"),
+    [
+        pytest.param(REPLY_FLAGS, wire.NOERROR, False, False, id="plain"),
+        pytest.param(REPLY_FLAGS | wire.AD, wire.NOERROR, True, False, id="ad"),
+        pytest.param(REPLY_FLAGS | wire.TC, wire.NOERROR, False, True, id="tc"),
+        pytest.param(REPLY_FLAGS | wire.AA | wire.CD | wire.SERVFAIL, wire.SERVFAIL, False, False, id="servfail"),
+        pytest.param(REPLY_FLAGS | wire.AD | wire.TC | wire.NXDOMAIN, wire.NXDOMAIN, True, True, id="all"),
+        pytest.param(REPLY_FLAGS | wire.REFUSED, wire.REFUSED, False, False, id="refused"),
+    ],
+)
+def test_split_reply_flags(flags, rcode, ad, truncated):
+    parts = wire.split_reply(header(flags) + GOOD, GOOD_END)
+    assert (parts.rcode, parts.ad, parts.truncated) == (rcode, ad, truncated)
+    assert (parts.counts, parts.body, parts.ttl_offsets) == ((0, 0, 0), b"", ())
+
+
+ONE_ANSWER = record(b"\xc0\x0c", wire.A, 30, b"\x0a\x00\x00\x01")
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        pytest.param(header(REPLY_FLAGS, an=1) + GOOD + ONE_ANSWER[:-1], id="rdata-cut"),
+        pytest.param(header(REPLY_FLAGS, an=1) + GOOD + ONE_ANSWER[:8], id="fixed-part-cut"),
+        pytest.param(header(REPLY_FLAGS, an=1) + GOOD + b"\x05examp", id="owner-cut"),
+        pytest.param(header(REPLY_FLAGS, an=2) + GOOD + ONE_ANSWER, id="ancount-too-high"),
+        pytest.param(header(REPLY_FLAGS, an=1, ar=1) + GOOD + ONE_ANSWER, id="arcount-too-high"),
+        pytest.param(header(REPLY_FLAGS, an=1) + GOOD + b"\x50" + ONE_ANSWER, id="bad-label"),
+        pytest.param(header(REPLY_FLAGS, ar=1) + GOOD + wire.opt_record(False)[:-1], id="opt-cut"),
+        pytest.param(
+            header(REPLY_FLAGS, ns=1) + GOOD + record(b"\xc0\x0c", wire.SOA, 300, soa_rdata(60)[:-1]), id="soa-short"
+        ),
+        pytest.param(
+            header(REPLY_FLAGS, ns=1) + GOOD + record(b"\xc0\x0c", wire.SOA, 300, b"\x02ns\xc0\x0c"),
+            id="soa-names-only",
+        ),
+    ],
+)
+def test_split_reply_malformed(packet):
+    with pytest.raises(wire.Malformed) as raised:
+        wire.split_reply(packet, GOOD_END)
+    assert raised.value.rcode == wire.FORMERR
+
+
+@pytest.mark.parametrize("rcode", [wire.SERVFAIL, wire.REFUSED], ids=["servfail", "refused"])
+def test_failure_parts(rcode):
+    parts = wire.failure_parts(rcode)
+    assert parts == wire.split_reply(header(wire.QR | rcode) + GOOD, GOOD_END)
+    assert (parts.counts, parts.body, parts.min_ttl, parts.negative_ttl) == ((0, 0, 0), b"", None, None)

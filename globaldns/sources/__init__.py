@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from globaldns.serviceentry import ServiceEntry
@@ -18,10 +19,21 @@ class Snapshot(NamedTuple):
 Publish = Callable[[Snapshot], None]
 
 
+@dataclass(slots=True)
+class SourceStats:
+    """Plain counters a source bumps and the metrics collector reads at scrape time."""
+
+    syncs_ok: int = 0
+    syncs_failed: int = 0
+    watch_restarts: int = 0
+    last_sync: float = 0.0  # Unix time of the last complete read
+
+
 class Source(Protocol):
     """`run` never returns: it publishes the first snapshot when loaded, then one per change."""
 
     name: str
+    stats: SourceStats
 
     async def run(self, publish: Publish) -> None: ...
 

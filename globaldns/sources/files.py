@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ import yaml
 from globaldns.errors import InvalidServiceEntry, SourceError
 from globaldns.logs import warn_once
 from globaldns.serviceentry import KIND, ServiceEntry
-from globaldns.sources import Publish, Snapshot
+from globaldns.sources import Publish, Snapshot, SourceStats
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class FilesSource:
         self.interval = interval
         self.files: dict[str, tuple[Signature | None, ParsedFile]] = {}
         self.errors: dict[str, str] = {}
+        self.stats = SourceStats()
         self._wake = asyncio.Event()
         self._force = False
 
@@ -118,6 +120,11 @@ class FilesSource:
             force, self._force = self._force, False
             changed = await asyncio.to_thread(self.refresh, force)
             if changed or first:
+                if self.errors:
+                    self.stats.syncs_failed += 1
+                else:
+                    self.stats.syncs_ok += 1
+                    self.stats.last_sync = time.time()
                 publish(self.snapshot())
                 first = False
             self._wake.clear()

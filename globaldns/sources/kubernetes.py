@@ -1,0 +1,377 @@
+"""ServiceEntries from the Kubernetes API: list, then watch, with the official (synchronous) client.
+
+Each scope (the whole cluster, or one --namespace) has a Reflector in its own thread, in three layers
+as kopf has them: `run_forever` never returns and reconnects with jittered backoff; `list_and_watch`
+lists, then watches from the list's resourceVersion and returns on 410 Gone so the layer above relists
+(and diffs, so deletions in the gap are not lost); `watch_once` is one watch request with bookmarks, a
+server-side timeout and a client read timeout that notices a dead TCP path. Threads only mutate their
+own store and ask the loop, through call_soon_threadsafe, to publish a snapshot; bursts coalesce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from globaldns.errors import ConfigError, InvalidServiceEntry, SourceError
+from globaldns.serviceentry import API_GROUP, API_VERSIONS, ServiceEntry
+from globaldns.sources import Publish, Snapshot, SourceStats
+
+log = logging.getLogger(__name__)
+
+PLURAL = "serviceentries"
+_TRANSIENT = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, SourceError)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """How the list/watch loop talks to the API server; each default says why."""
+
+    server_timeout: int = 300  # the API server ends a watch after this; we simply watch again
+    inactivity_timeout: float = 70.0  # no byte for this long = a dead path (bookmarks come every ~60 s)
+    connect_timeout: float = 10.0
+    page_size: int = 500  # list in pages, so 100k objects never arrive as one response
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+def api_client(kubeconfig: str | None) -> client.ApiClient:
+    """In-cluster service account, else --kubeconfig / $KUBECONFIG / ~/.kube/config; ConfigError says what was tried."""
+    if kubeconfig is not None:
+        try:
+            return config.new_client_from_config(config_file=kubeconfig)
+        except (ConfigException, OSError, ValueError, TypeError) as error:
+            raise ConfigError(f"--kubeconfig {kubeconfig}: {error}") from error
+    tried = []
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+        return client.ApiClient(configuration)
+    except ConfigException as error:
+        tried.append(f"in-cluster service account ({error})")
+    path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    try:
+        return config.new_client_from_config(config_file=path)
+    except (ConfigException, OSError, ValueError, TypeError) as error:
+        tried.append(f"kubeconfig {path} ({error})")
+    raise ConfigError(
+        "no Kubernetes credentials: tried " + "; ".join(tried) + ". Give --kubeconfig, or --service-entries for files"
+    )
+
+
+def served_version(api: client.ApiClient) -> str:
+    """The newest ServiceEntry API version the cluster serves; SourceError if the CRD is not installed."""
+    groups = client.ApisApi(api).get_api_versions()
+    for group in groups.groups or ():
+        if group.name == API_GROUP:
+            served = {version.version for version in group.versions}
+            for version in API_VERSIONS:  # newest first
+                if version in served:
+                    return version
+    raise SourceError(f"the ServiceEntry CRD ({API_GROUP} {', '.join(API_VERSIONS)}) is not served by this cluster")
+
+
+class Backoff:
+    """Exponential with equal jitter, capped: replicas that lost the API together do not return together."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.initial, self.cap, self.failures = initial, cap, 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.initial * 2**self.failures)
+        self.failures += 1
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Gone(Exception):
+    """The resourceVersion we watch from is too old (410): list again."""
+
+
+class Reflector:
+    """One scope's objects, kept current by list + watch in its own thread."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str | None,
+        label_selector: str | None,
+        settings: WatchSettings,
+        changed: Callable[[], None],
+        stats: SourceStats,
+    ) -> None:
+        self.api = api
+        self.objects_api = client.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.settings = settings
+        self.changed = changed
+        self.stats = stats
+        self.scope = f"namespace {namespace}" if namespace else "all namespaces"
+        self.entries: dict[tuple[str, str], ServiceEntry] = {}
+        self.problems: dict[tuple[str, str], str] = {}
+        self.synced = False
+        self.stopping = threading.Event()
+        self._watch: watch.Watch | None = None
+        self._relist = False
+
+    # -- layer 1: forever ---------------------------------------------------------------------
+    def run_forever(self) -> None:
+        backoff = Backoff(self.settings.backoff_initial, self.settings.backoff_max)
+        streak: str | None = None
+        while not self.stopping.is_set():
+            try:
+                self.list_and_watch(backoff)
+            except _TRANSIENT as error:
+                reason = _describe(error)
+                self.stats.syncs_failed += 1
+                if streak is None:
+                    log.warning("kubernetes %s: %s; retrying with backoff, serving the last table", self.scope, reason)
+                else:
+                    log.debug("kubernetes %s: still failing: %s", self.scope, reason)
+                streak = streak or reason
+                self.stopping.wait(backoff.next())
+                continue
+            if streak is not None:
+                log.info("kubernetes %s: connected again", self.scope)
+                streak = None
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        """Unblock a watch waiting for data (stop, or relist on SIGHUP)."""
+        current = self._watch
+        if current is not None:
+            current.stop()
+
+    def relist(self) -> None:
+        self._relist = True
+        self.interrupt()
+
+    # -- layer 2: list, then watch until 410 ----------------------------------------------------
+    def list_and_watch(self, backoff: Backoff) -> None:
+        version = served_version(self.api)
+        resource_version = self.list(version)
+        backoff.reset()
+        while not self.stopping.is_set() and not self._relist:
+            try:
+                resource_version = self.watch_once(version, resource_version)
+            except Gone:
+                log.info("kubernetes %s: resourceVersion %s expired; listing again", self.scope, resource_version)
+                return
+        self._relist = False
+
+    def list(self, version: str) -> str:
+        """Every object, page by page; replace the store and diff, so deletions in a gap are applied."""
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        resource_version = ""
+        while True:
+            page = self._call(self._list_function(), version, limit=self.settings.page_size, _continue=token)
+            items += page.get("items") or []
+            metadata = page.get("metadata") or {}
+            resource_version = metadata.get("resourceVersion") or resource_version
+            token = metadata.get("continue")
+            if not token:
+                break
+        fresh: dict[tuple[str, str], ServiceEntry] = {}
+        problems: dict[tuple[str, str], str] = {}
+        for obj in items:
+            self._parse(obj, fresh, problems)
+        removed = len(self.entries.keys() - fresh.keys())
+        self.entries, self.problems = fresh, problems
+        self.synced = True
+        self.stats.syncs_ok += 1
+        self.stats.last_sync = time.time()
+        log.info(
+            "kubernetes %s: listed %d ServiceEntries (%s) at resourceVersion %s, %d gone since the last list",
+            self.scope,
+            len(items),
+            version,
+            resource_version,
+            removed,
+        )
+        self.changed()
+        return resource_version
+
+    # -- layer 3: one watch request -------------------------------------------------------------
+    def watch_once(self, version: str, resource_version: str) -> str:
+        """Stream events until the server ends the watch; the resourceVersion to continue from."""
+        stream = watch.Watch()
+        self._watch = stream
+        settings = self.settings
+        try:
+            events = stream.stream(
+                self._list_function(),
+                **self._scope_arguments(version),
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=settings.server_timeout,
+                _request_timeout=(settings.connect_timeout, settings.inactivity_timeout),
+            )
+            for event in events:
+                resource_version = self._apply(event) or resource_version
+        except ApiException as error:
+            if error.status == 410:
+                raise Gone from error
+            raise
+        finally:
+            self._watch = None
+            if not self.stopping.is_set():
+                self.stats.watch_restarts += 1
+        return resource_version
+
+    def _apply(self, event: dict[str, Any]) -> str | None:
+        """One watch event into the store; its resourceVersion."""
+        obj = event.get("raw_object") or event.get("object") or {}
+        metadata = obj.get("metadata") or {}
+        kind = event.get("type")
+        if kind == "BOOKMARK":
+            return metadata.get("resourceVersion")
+        key = (metadata.get("namespace") or "default", metadata.get("name") or "")
+        if kind == "DELETED":
+            self.entries.pop(key, None)
+            self.problems.pop(key, None)
+        elif kind in ("ADDED", "MODIFIED"):
+            self.problems.pop(key, None)
+            self.entries.pop(key, None)
+            self._parse(obj, self.entries, self.problems)
+        else:
+            return None
+        self.changed()
+        return metadata.get("resourceVersion")
+
+    def _parse(
+        self, obj: dict[str, Any], entries: dict[tuple[str, str], ServiceEntry], problems: dict[tuple[str, str], str]
+    ) -> None:
+        metadata = obj.get("metadata") or {}
+        key = (metadata.get("namespace") or "default", metadata.get("name") or "")
+        try:
+            entry = ServiceEntry.from_dict(obj, "kubernetes")
+        except InvalidServiceEntry as error:
+            problems[key] = str(error)
+            return
+        entries[key] = entry
+        if entry.warnings:
+            problems[key] = "; ".join(entry.warnings)
+
+    def _list_function(self) -> Callable[..., Any]:
+        api = self.objects_api
+        return api.list_namespaced_custom_object if self.namespace else api.list_cluster_custom_object
+
+    def _scope_arguments(self, version: str) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"group": API_GROUP, "version": version, "plural": PLURAL}
+        if self.namespace:
+            arguments["namespace"] = self.namespace
+        if self.label_selector:
+            arguments["label_selector"] = self.label_selector
+        return arguments
+
+    def _call(self, function: Callable[..., Any], version: str, **arguments: Any) -> dict[str, Any]:
+        settings = self.settings
+        timeout = (settings.connect_timeout, settings.inactivity_timeout)
+        return function(**self._scope_arguments(version), **arguments, _request_timeout=timeout)
+
+
+def _fail(future: asyncio.Future[None], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _describe(error: BaseException) -> str:
+    """One line: the HTTP status and reason of an API error, else the exception."""
+    if isinstance(error, ApiException):
+        return f"HTTP {error.status} {error.reason}".strip()
+    return f"{type(error).__name__}: {error}"
+
+
+class KubernetesSource:
+    """Publishes the union of every reflector's objects once all have listed, then on every change."""
+
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        kubeconfig: str | None = None,
+        namespaces: Sequence[str] = (),
+        label_selector: str | None = None,
+        settings: WatchSettings | None = None,
+    ) -> None:
+        self.settings = settings or WatchSettings()
+        self.stats = SourceStats()
+        self.reflectors = [
+            Reflector(api_client(kubeconfig), namespace, label_selector, self.settings, self._changed, self.stats)
+            for namespace in (namespaces or (None,))
+        ]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._publish: Publish | None = None
+        self._scheduled = False
+
+    async def run(self, publish: Publish) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._publish = publish
+        died: asyncio.Future[None] = self._loop.create_future()
+        threads = [
+            threading.Thread(target=self._guard, args=(reflector, died), name=f"watch {reflector.scope}", daemon=True)
+            for reflector in self.reflectors
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            await died
+        finally:
+            for reflector in self.reflectors:
+                reflector.stop()
+            await asyncio.to_thread(lambda: [thread.join(timeout=5) for thread in threads])
+
+    def _guard(self, reflector: Reflector, died: asyncio.Future[None]) -> None:
+        """A reflector thread that ends is a bug: hand the error to the loop, which stops the server."""
+        assert self._loop is not None
+        try:
+            reflector.run_forever()
+        except BaseException as error:
+            log.exception("kubernetes %s: watch thread failed", reflector.scope)
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                self._loop.call_soon_threadsafe(_fail, died, error)
+
+    def reload(self) -> None:
+        """SIGHUP: list everything again."""
+        for reflector in self.reflectors:
+            reflector.relist()
+
+    def _changed(self) -> None:
+        """Called from reflector threads: schedule one publish on the loop for any burst of changes."""
+        if self._scheduled or self._loop is None:
+            return
+        self._scheduled = True
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not all(reflector.synced for reflector in self.reflectors):
+            return  # not ready until every scope has listed once
+        entries: list[ServiceEntry] = []
+        problems: list[str] = []
+        for reflector in self.reflectors:
+            entries += list(reflector.entries.copy().values())
+            problems += list(reflector.problems.copy().values())
+        assert self._publish is not None
+        self._publish(Snapshot(tuple(entries), tuple(problems)))

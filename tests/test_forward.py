@@ -1,0 +1,481 @@
+"""Forwarder on a real uvloop loop against the scripted fake upstream: fresh IDs, reply validation, failover,
+per-try and overall deadlines, TC -> TCP, the TCP pool, max_fails and the `. NS` probe, close(); then the
+Resolver's forwarding rules that need a fake clock or a foreign client address (SERVFAIL cached 5 s, --allow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import pytest
+import uvloop
+
+from globaldns import table, wire
+from globaldns.cache import Cache
+from globaldns.config import DEFAULT_ALLOW, Endpoint
+from globaldns.errors import UpstreamError
+from globaldns.forward import Forwarder
+from globaldns.resolver import Resolver
+from tests.fakes.upstream import (
+    Close,
+    Delayed,
+    FromOtherPort,
+    Upstream,
+    answer,
+    dead_port,
+    default_handler,
+    servfail,
+    truncated,
+    with_id,
+    wrong_question,
+)
+
+TRY, DEADLINE, HEALTH = 0.2, 0.6, 0.05  # per try, overall, probe interval: short, so failures cost little
+MARGIN = 0.15  # scheduling slack on a busy CI machine
+NAME = "www.example.com"
+MANY = [f"192.0.2.{i}" for i in range(1, 61)]  # 60 A records: too big for 512 bytes
+T = TypeVar("T")
+
+
+def forwarder(*ports: int, **settings: object) -> Forwarder:
+    """Sequential by default, so tests know which upstream is asked first."""
+    options = {"policy": "sequential", "try_timeout": TRY, "deadline": DEADLINE, "health_interval": HEALTH}
+    return Forwarder([Endpoint("127.0.0.1", port) for port in ports], **(options | settings))  # type: ignore[arg-type]
+
+
+def make(name: str = NAME, rdtype: str = "A", qid: int = 0x1234, **kwargs: object) -> tuple[bytes, int]:
+    """A client query's wire bytes and where its question ends."""
+    packet = dns.message.make_query(name, rdtype, id=qid, **kwargs).to_wire()  # type: ignore[arg-type]
+    return packet, wire.scan(packet).end
+
+
+def run(pool: Forwarder, test: Callable[[Forwarder], Awaitable[T]]) -> T:
+    """Run test(pool) on uvloop, then close the pool on that loop."""
+
+    async def main() -> T:
+        try:
+            return await test(pool)
+        finally:
+            await pool.close()
+
+    return uvloop.run(main())
+
+
+async def timed(awaitable: Awaitable[T]) -> tuple[T, float]:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await awaitable
+    return result, loop.time() - started
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    """Poll an event that happens on the loop or in the fake's thread; fail after timeout."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def addresses(reply: bytes) -> list[str]:
+    return [rdata.address for rrset in dns.message.from_wire(reply).answer for rdata in rrset]
+
+
+def real(query: dns.message.Message) -> dns.message.Message:
+    return answer(query, "192.0.2.7")
+
+
+def spoof(query: dns.message.Message) -> dns.message.Message:
+    return answer(query, "192.0.2.66")
+
+
+# --- one exchange ---------------------------------------------------------------------------------------------
+
+
+def test_reply_is_for_the_question_asked():
+    with Upstream() as up:
+        packet, end = make()
+        reply = run(forwarder(up.port), lambda pool: pool.exchange(packet, end, False))
+    message = dns.message.from_wire(reply)
+    assert message.question[0].name == dns.name.from_text(NAME)
+    assert message.question[0].rdtype == dns.rdatatype.A
+    assert addresses(reply) == ["192.0.2.1"]
+    assert up.count(NAME, "A", "udp") == 1
+    assert up.count() == 1
+
+
+def test_reply_whose_question_differs_only_in_case_is_accepted():
+    def lower_case_question(query: dns.message.Message, transport: str) -> dns.message.Message:
+        reply = real(query)
+        lowered = dns.name.from_text(query.question[0].name.to_text().lower())
+        reply.question = [dns.rrset.RRset(lowered, dns.rdataclass.IN, dns.rdatatype.A)]
+        return reply
+
+    with Upstream(lower_case_question) as up:
+        packet, end = make("WwW.ExAmPlE.CoM")
+        reply = run(forwarder(up.port), lambda pool: pool.exchange(packet, end, False))
+    assert addresses(reply) == ["192.0.2.7"]
+    assert up.queries[0][1].question[0].name.labels[0] == b"WwW"  # relayed with the client's case
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_upstream_id_is_fresh_and_varies(tcp):
+    client_id = 0x1234
+    with Upstream() as up:
+        packet, end = make(qid=client_id)
+
+        async def test(pool: Forwarder) -> list[bytes]:
+            return [await pool.exchange(packet, end, tcp) for _ in range(8)]
+
+        replies = run(forwarder(up.port), test)
+    sent = [query.id for _, query in up.queries]
+    assert len(sent) == 8
+    assert [int.from_bytes(reply[:2]) for reply in replies] == sent  # the reply keeps the upstream's ID
+    assert sum(qid == client_id for qid in sent) <= 1  # a random ID may hit it once by chance, never 8 times
+    assert len(set(sent)) >= 7  # random, not a counter reused or the client's
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(lambda q, t: [with_id(spoof(q)), Delayed(0.05, real(q))], id="wrong-id"),
+        pytest.param(lambda q, t: [wrong_question(q), Delayed(0.05, real(q))], id="wrong-question"),
+        pytest.param(lambda q, t: [FromOtherPort(spoof(q)), Delayed(0.05, real(q))], id="other-source-port"),
+        pytest.param(lambda q, t: [q.to_wire(), Delayed(0.05, real(q))], id="not-a-response"),
+        pytest.param(lambda q, t: [b"\x12", Delayed(0.05, real(q))], id="garbage"),
+    ],
+)
+def test_mismatched_udp_replies_are_ignored_and_the_real_one_used(script):
+    with Upstream(script) as up:
+        packet, end = make()
+        reply, elapsed = run(forwarder(up.port), lambda pool: timed(pool.exchange(packet, end, False)))
+    assert addresses(reply) == ["192.0.2.7"]
+    assert elapsed < TRY  # taken from the same try, not after a timeout
+    assert up.count() == 1
+
+
+def test_mismatched_tcp_reply_fails_over_and_its_connection_is_dropped():
+    with Upstream(lambda q, t: with_id(spoof(q))) as liar, Upstream(lambda q, t: real(q)) as good:
+        packet, end = make()
+
+        async def test(pool: Forwarder) -> bytes:
+            reply = await pool.exchange(packet, end, True)
+            assert pool.upstreams[0].idle == []  # a connection that lied is not pooled
+            assert pool.upstreams[0].fails == 1
+            return reply
+
+        reply = run(forwarder(liar.port, good.port), test)
+    assert addresses(reply) == ["192.0.2.7"]
+    assert (liar.count(transport="tcp"), good.count(transport="tcp")) == (1, 1)
+
+
+# --- failover and deadlines -----------------------------------------------------------------------------------
+
+
+def test_silent_upstream_times_out_after_the_per_try_timeout_then_the_next_answers():
+    with Upstream(lambda q, t: None) as silent, Upstream(lambda q, t: real(q)) as good:
+        packet, end = make()
+
+        async def test(pool: Forwarder) -> tuple[bytes, float]:
+            result = await timed(pool.exchange(packet, end, False))
+            assert (pool.upstreams[0].fails, pool.upstreams[1].fails) == (1, 0)
+            return result
+
+        reply, elapsed = run(forwarder(silent.port, good.port), test)
+    assert addresses(reply) == ["192.0.2.7"]
+    assert TRY - 0.02 <= elapsed < TRY + MARGIN
+    assert (silent.count(), good.count()) == (1, 1)
+
+
+def test_refused_upstream_fails_over_at_once():
+    with Upstream(lambda q, t: real(q)) as good:
+        packet, end = make()
+        pool = forwarder(dead_port(), good.port, try_timeout=1.0, deadline=3.0)
+        reply, elapsed = run(pool, lambda pool: timed(pool.exchange(packet, end, False)))
+    assert addresses(reply) == ["192.0.2.7"]
+    assert elapsed < 0.3  # ICMP port unreachable on the connected socket, no 1 s wait
+    assert good.count() == 1
+
+
+def test_all_silent_raise_upstream_error_within_the_deadline():
+    with Upstream(lambda q, t: None) as first, Upstream(lambda q, t: None) as second:
+        packet, end = make()
+
+        async def test(pool: Forwarder) -> tuple[str, float]:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(UpstreamError) as raised:
+                await pool.exchange(packet, end, False)
+            return str(raised.value), loop.time() - started
+
+        message, elapsed = run(forwarder(first.port, second.port), test)
+    assert DEADLINE - 0.02 <= elapsed <= DEADLINE + MARGIN
+    assert f"127.0.0.1:{first.port}: TimeoutError" in message
+    assert (first.count(), second.count()) == (2, 1)  # failed over, then round again while time was left
+
+
+def test_all_refused_raise_upstream_error_quickly_naming_each_upstream_once():
+    ports = (dead_port(), dead_port())
+    packet, end = make()
+
+    async def test(pool: Forwarder) -> tuple[str, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(UpstreamError) as raised:
+            await pool.exchange(packet, end, False)
+        elapsed = loop.time() - started
+        assert all(upstream.down for upstream in pool.upstreams)  # max_fails reached on the way
+        return str(raised.value), elapsed
+
+    message, elapsed = run(forwarder(*ports, try_timeout=1.0, deadline=3.0), test)
+    assert elapsed < 0.5  # once every upstream is down and has had its try: no spinning until the deadline
+    for port in ports:
+        assert message.count(f"127.0.0.1:{port}: ConnectionRefusedError") == 1
+
+
+def test_truncated_udp_reply_is_retried_over_tcp_on_the_same_upstream():
+    def script(query: dns.message.Message, transport: str) -> dns.message.Message:
+        return truncated(query) if transport == "udp" else answer(query, *MANY)
+
+    with Upstream(script) as up, Upstream() as other:
+        packet, end = make()
+        reply = run(forwarder(up.port, other.port), lambda pool: pool.exchange(packet, end, False))
+    message = dns.message.from_wire(reply)
+    assert not message.flags & dns.flags.TC
+    assert sorted(addresses(reply)) == sorted(MANY)
+    assert (up.count(transport="udp"), up.count(transport="tcp")) == (1, 1)
+    assert other.count() == 0
+
+
+# --- TCP ------------------------------------------------------------------------------------------------------
+
+
+def test_tcp_exchanges_reuse_one_connection_and_close_releases_it():
+    with Upstream() as up:
+        packet, end = make()
+        pool = forwarder(up.port)
+
+        async def test(pool: Forwarder) -> None:
+            for _ in range(3):
+                assert addresses(await pool.exchange(packet, end, True)) == ["192.0.2.1"]
+            (_, writer, _), *others = pool.upstreams[0].idle
+            assert others == []
+            await pool.close()
+            assert writer.is_closing()
+            assert pool.upstreams[0].idle == []
+
+        run(pool, test)
+    assert (up.count(transport="tcp"), up.count(transport="udp")) == (3, 0)
+    assert up.tcp_connections == 1
+
+
+def test_pooled_connection_closed_by_the_upstream_is_replaced():
+    with Upstream(lambda q, t: [real(q), Close()]) as up:
+        packet, end = make()
+
+        async def test(pool: Forwarder) -> list[bytes]:
+            return [await pool.exchange(packet, end, True) for _ in range(2)]
+
+        replies = run(forwarder(up.port), test)
+    assert [addresses(reply) for reply in replies] == [["192.0.2.7"]] * 2
+    assert up.tcp_connections == 2
+
+
+def test_tcp_upstream_that_closes_without_a_reply_fails_over():
+    with Upstream(lambda q, t: Close()) as closer, Upstream(lambda q, t: real(q)) as good:
+        packet, end = make()
+        reply, elapsed = run(forwarder(closer.port, good.port), lambda pool: timed(pool.exchange(packet, end, True)))
+    assert addresses(reply) == ["192.0.2.7"]
+    assert elapsed < TRY
+    assert good.count(transport="tcp") == 1
+
+
+# --- policy and health ----------------------------------------------------------------------------------------
+
+
+def test_sequential_policy_always_asks_the_first_healthy_upstream():
+    with Upstream() as first, Upstream() as second:
+        packet, end = make()
+
+        async def test(pool: Forwarder) -> None:
+            for _ in range(6):
+                await pool.exchange(packet, end, False)
+
+        run(forwarder(first.port, second.port), test)
+    assert (first.count(), second.count()) == (6, 0)
+
+
+def test_random_policy_spreads_queries():
+    with Upstream() as first, Upstream() as second:
+        packet, end = make()
+
+        async def test(pool: Forwarder) -> None:
+            for _ in range(24):
+                await pool.exchange(packet, end, False)
+
+        run(forwarder(first.port, second.port, policy="random"), test)
+    assert first.count() + second.count() == 24
+    assert first.count() > 0 and second.count() > 0  # all 24 on one: 1 in 8 million
+
+
+def is_probe(query: dns.message.Message) -> bool:
+    question = query.question[0]
+    return question.name == dns.name.root and question.rdtype == dns.rdatatype.NS
+
+
+def test_max_fails_marks_down_probe_brings_back():
+    broken = threading.Event()
+    broken.set()
+
+    def flaky(query: dns.message.Message, transport: str) -> object:
+        return None if broken.is_set() else default_handler(query, transport)
+
+    with Upstream(flaky) as first, Upstream() as second:
+        packet, end = make()
+
+        async def test(pool: Forwarder) -> None:
+            upstream = pool.upstreams[0]
+            for fails in (1, 2):
+                assert addresses(await pool.exchange(packet, end, False)) == ["192.0.2.1"]  # from the second
+                assert upstream.fails == fails
+            assert upstream.down
+            assert isinstance(upstream.probe, asyncio.Task) and not upstream.probe.done()
+            asked = first.count(NAME)
+            _, elapsed = await timed(pool.exchange(packet, end, False))
+            assert elapsed < TRY  # the down one is tried last: no timeout spent on it
+            assert first.count(NAME) == asked == 2
+            await wait_until(lambda: any(is_probe(query) for _, query in first.queries))
+            assert upstream.down  # the probe went unanswered
+            broken.clear()
+            await wait_until(lambda: upstream.probe is None)
+            assert (upstream.fails, upstream.down) == (0, False)
+            await pool.exchange(packet, end, False)
+            assert first.count(NAME) == 3  # first again
+
+        run(forwarder(first.port, second.port, max_fails=2), test)
+    probes = [query for _, query in first.queries if is_probe(query)]
+    assert probes and all(query.flags & dns.flags.RD for query in probes)
+    assert second.count(".", "NS") == 0  # only the down one is probed
+
+
+def test_when_every_upstream_is_down_they_are_still_tried():
+    answering = threading.Event()
+
+    def probes_unanswered(query: dns.message.Message, transport: str) -> object:
+        return real(query) if answering.is_set() and not is_probe(query) else None
+
+    with Upstream(probes_unanswered) as first, Upstream(lambda q, t: None) as second:
+        packet, end = make()
+
+        async def test(pool: Forwarder) -> bytes:
+            with pytest.raises(UpstreamError):
+                await pool.exchange(packet, end, False)
+            assert all(upstream.down for upstream in pool.upstreams)
+            answering.set()
+            reply = await pool.exchange(packet, end, False)
+            assert all(upstream.down for upstream in pool.upstreams)  # probes still unanswered
+            return reply
+
+        reply = run(forwarder(first.port, second.port, max_fails=1, try_timeout=0.1, deadline=0.3), test)
+    assert addresses(reply) == ["192.0.2.7"]
+
+
+def test_close_cancels_probes():
+    packet, end = make()
+
+    async def test(pool: Forwarder) -> None:
+        with pytest.raises(UpstreamError):
+            await pool.exchange(packet, end, False)
+        probe = pool.upstreams[0].probe
+        assert probe is not None and not probe.done()
+        await pool.close()
+        assert probe.cancelled()
+
+    run(forwarder(dead_port(), max_fails=1), test)
+
+
+# --- the resolver's forwarding rules that need a fake clock or a foreign client -------------------------------
+
+CLIENT = ("127.0.0.1", 40000)
+OUTSIDE = ("192.0.2.50", 40000)  # not in DEFAULT_ALLOW
+
+
+class Collect:
+    """A UDP channel that keeps what the resolver sends later."""
+
+    tcp = False
+
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def send(self, reply: bytes, addr: object) -> None:
+        self.replies.put_nowait(reply)
+
+    async def next(self) -> dns.message.Message:
+        return dns.message.from_wire(await asyncio.wait_for(self.replies.get(), 2))
+
+
+def run_resolver(pool: Forwarder, clock: Callable[[], float], test: Callable[[Resolver], Awaitable[None]]) -> None:
+    async def main() -> None:
+        zone = table.compile((), ["global"], ttl=30, serial=1, recursion=True)
+        resolver = Resolver(zone, pool, Cache(100, clock=clock), DEFAULT_ALLOW)
+        try:
+            await test(resolver)
+        finally:
+            await resolver.close()
+
+    uvloop.run(main())
+
+
+@pytest.mark.parametrize(
+    "script",
+    [pytest.param(lambda q, t: servfail(q), id="upstream-servfail"), pytest.param(lambda q, t: None, id="no-answer")],
+)
+def test_servfail_is_cached_for_5_seconds_never_nxdomain(script):
+    now = [1000.0]
+    with Upstream(script) as up:
+        packet, _ = make(qid=0x4321)
+
+        async def test(resolver: Resolver) -> None:
+            channel = Collect()
+            assert resolver.answer(packet, CLIENT, channel) is None  # forwarded
+            first = await channel.next()
+            assert (first.rcode(), first.id) == (dns.rcode.SERVFAIL, 0x4321)
+            assert first.flags & dns.flags.RA
+            asked = up.count()
+            now[0] += 4.9
+            cached = resolver.answer(packet, CLIENT, channel)
+            assert cached is not None and dns.message.from_wire(cached).rcode() == dns.rcode.SERVFAIL
+            assert up.count() == asked
+            now[0] += 0.1  # 5 s after it was stored
+            assert resolver.answer(packet, CLIENT, channel) is None  # expired: forwarded again
+            assert (await channel.next()).rcode() == dns.rcode.SERVFAIL
+            assert up.count() > asked
+
+        run_resolver(forwarder(up.port, try_timeout=0.05, deadline=0.1), lambda: now[0], test)
+
+
+def test_cached_answer_is_refused_to_a_client_outside_allow():
+    with Upstream() as up:
+        packet, _ = make()
+
+        async def test(resolver: Resolver) -> None:
+            channel = Collect()
+            assert resolver.answer(packet, CLIENT, channel) is None
+            assert (await channel.next()).rcode() == dns.rcode.NOERROR
+            assert resolver.answer(packet, CLIENT, channel) is not None  # cached now, on the hot path
+            refused = dns.message.from_wire(resolver.answer(packet, OUTSIDE, channel) or b"")
+            assert refused.rcode() == dns.rcode.REFUSED
+            assert refused.flags & dns.flags.RA
+            assert not refused.answer
+
+        run_resolver(forwarder(up.port), lambda: 0.0, test)
+    assert up.count() == 1
