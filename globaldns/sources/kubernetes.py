@@ -196,6 +196,7 @@ class Reflector:
         for obj in items:
             self._parse(obj, fresh, problems)
         removed = len(self.entries.keys() - fresh.keys())
+        unchanged = self.synced and fresh == self.entries and problems == self.problems
         self.entries, self.problems = fresh, problems
         self.synced = True
         self.stats.syncs_ok += 1
@@ -208,7 +209,8 @@ class Reflector:
             resource_version,
             removed,
         )
-        self.changed()
+        if not unchanged:
+            self.changed()
         return resource_version
 
     # -- layer 3: one watch request -------------------------------------------------------------
