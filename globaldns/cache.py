@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from globaldns import wire
+from globaldns import metrics, wire
 from globaldns.table import Answer
 
 POSITIVE_MAX, NEGATIVE_MAX, TTL_MIN, SERVFAIL_TTL = 3600, 1800, 5, 5
@@ -35,9 +35,10 @@ def cache_ttl(parts: wire.ReplyParts) -> int | None:
     return None
 
 
-def to_answer(parts: wire.ReplyParts, ttl: int | None = None) -> Answer:
+def to_answer(parts: wire.ReplyParts, ttl: int | None = None, plugin: str = "cache") -> Answer:
     """Header variants and body of a forwarded reply; with ttl, every record's TTL becomes ttl (as CoreDNS does)."""
     heads = wire.reply_heads(parts.rcode, parts.counts[0], parts.counts[1], True, False, parts.ad, parts.counts[2])
+    found = metrics.outcome(".", parts.rcode, plugin)
     body = parts.body
     if ttl is not None and parts.ttl_offsets:
         rewritten = bytearray(body)
@@ -45,14 +46,15 @@ def to_answer(parts: wire.ReplyParts, ttl: int | None = None) -> Answer:
         for offset in parts.ttl_offsets:
             rewritten[offset : offset + 4] = remaining
         body = bytes(rewritten)
-    return heads, (body,)
+    return heads, (body,), found
 
 
 class Entry:
-    __slots__ = ("answer", "elapsed", "expires", "parts", "stored", "ttl")
+    __slots__ = ("answer", "denial", "elapsed", "expires", "parts", "stored", "ttl")
 
     def __init__(self, parts: wire.ReplyParts, ttl: int, now: float) -> None:
         self.parts = parts
+        self.denial = parts.rcode == wire.NXDOMAIN or (parts.rcode == wire.NOERROR and not parts.counts[0])
         self.ttl = ttl
         self.stored = now
         self.expires = now + ttl
@@ -67,6 +69,8 @@ class Cache:
         self.max_entries = max_entries
         self.clock = clock
         self.entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self.hits_success = self.hits_denial = 0
+        self.misses = 0  # counted by the resolver when a query goes upstream
 
     def get(self, cache_key: bytes) -> Answer | None:
         entry = self.entries.get(cache_key)
@@ -77,6 +81,10 @@ class Cache:
             del self.entries[cache_key]
             return None
         self.entries.move_to_end(cache_key)
+        if entry.denial:
+            self.hits_denial += 1
+        else:
+            self.hits_success += 1
         elapsed = int(now - entry.stored)
         if elapsed != entry.elapsed:
             entry.elapsed = elapsed
@@ -91,4 +99,4 @@ class Cache:
             self.entries.move_to_end(cache_key)
             while len(self.entries) > self.max_entries:
                 self.entries.popitem(last=False)
-        return to_answer(parts)
+        return to_answer(parts, plugin="forward")

@@ -28,11 +28,11 @@ def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
         problems += parsed.problems
     compiled = table.compile(
         entries,
-        args.zones or ("global",),
+        getattr(args, "zones", None) or ("global",),
         ttl=30,
         serial=0,
-        default_addresses=args.default_address or (),
-        auto_allocate=bool(args.auto_allocate),
+        default_addresses=getattr(args, "default_address", None) or (),
+        auto_allocate=bool(getattr(args, "auto_allocate", False)),
     )
     problems += compiled.conflicts
     rows = [("NAME", "ADDRESSES", "FROM", "SERVICEENTRY")]

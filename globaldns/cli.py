@@ -30,7 +30,9 @@ def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    serve = commands.add_parser("serve", help="serve DNS", description="Serve the zones over UDP and TCP.")
+    serve = commands.add_parser(
+        "serve", help="serve DNS", description="Serve the zones over UDP and TCP.", argument_default=argparse.SUPPRESS
+    )
     add = serve.add_argument
     add(
         "--listen",
@@ -96,6 +98,12 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="/ready endpoint (default 0.0.0.0:8181)",
     )
     add(
+        "--metrics",
+        type=_typed(config.parse_metrics),
+        metavar="HOST:PORT",
+        help="/metrics (and /table) endpoint (default 0.0.0.0:9153; none: no metrics, no counting)",
+    )
+    add(
         "--lameduck",
         type=_typed(config.parse_seconds),
         metavar="SECONDS",
@@ -147,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="validate ServiceEntry files",
         description="Validate ServiceEntry files; print the table and every problem.",
+        argument_default=argparse.SUPPRESS,
     )
     check.add_argument("path", metavar="PATH", help="ServiceEntry YAML file or directory")
     check.add_argument("--zone", dest="zones", action="append", type=_typed(config.parse_zone), metavar="ZONE")
@@ -165,7 +174,7 @@ def _from_env(parser: argparse.ArgumentParser, args: argparse.Namespace, environ
     for action in subparser._actions:
         if not action.option_strings or isinstance(action, argparse._HelpAction):
             continue
-        if getattr(args, action.dest, None) is not None:
+        if hasattr(args, action.dest):  # given on the command line (flags have no defaults: SUPPRESS)
             continue
         variable = ENV_PREFIX + action.option_strings[0].lstrip("-").replace("-", "_").upper()
         text = environ.get(variable)
@@ -175,7 +184,9 @@ def _from_env(parser: argparse.ArgumentParser, args: argparse.Namespace, environ
             if isinstance(action, argparse._StoreConstAction):
                 if text.strip().lower() not in _TRUE | _FALSE:
                     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-                value: Any = True if text.strip().lower() in _TRUE else None
+                if text.strip().lower() in _FALSE:
+                    continue
+                value: Any = True
             elif isinstance(action, argparse._AppendAction):
                 convert = action.type or str
                 value = [convert(part) for part in text.split(",") if part.strip()]
@@ -199,7 +210,7 @@ def parse_config(
     _from_env(parser, args, dict(os.environ if environ is None else environ))
     if args.command != "serve":
         return args.command, args
-    given = {key: value for key, value in vars(args).items() if key != "command" and value is not None}
+    given = {key: value for key, value in vars(args).items() if key != "command"}
     for key in ("listen", "zones", "default_address", "upstream", "allow", "namespaces"):
         if key in given:
             given[key] = tuple(dict.fromkeys(given[key]))

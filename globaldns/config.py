@@ -45,6 +45,7 @@ class Config:
     default_address: tuple[IPAddress, ...] = ()
     auto_allocate: bool = False
     health: Endpoint = Endpoint("0.0.0.0", 8080)
+    metrics: Endpoint | None = Endpoint("0.0.0.0", 9153)  # None: no /metrics and no counting
     ready: Endpoint = Endpoint("0.0.0.0", 8181)
     lameduck: float = 5.0
     log_level: str = "info"
@@ -178,3 +179,8 @@ def parse_namespace(text: str) -> str:
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", text.strip()):
         raise ConfigError(f"{text!r} is not a namespace name")
     return text.strip()
+
+
+def parse_metrics(text: str) -> Endpoint | None:
+    """HOST:PORT for /metrics, or `none` to turn metrics (and the counting behind them) off."""
+    return None if text.strip().lower() == "none" else parse_endpoint(text)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from globaldns import wire
 from globaldns.config import UPSTREAM_POLICIES, Endpoint
 from globaldns.errors import UpstreamError
+from globaldns.metrics import TIME_BUCKETS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,17 @@ class Upstream:
         self.fails = 0
         self.probe: asyncio.Task | None = None
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+        self.healthcheck_failures = 0
+        self.durations: dict[int, list[float]] = {}  # rcode -> time-bucket counts, then the sum (metrics)
+
+    def observe(self, rcode: int, seconds: float) -> None:
+        """One answered exchange, for coredns_proxy_request_duration_seconds."""
+        series = self.durations.get(rcode)
+        if series is None:
+            series = self.durations[rcode] = [0.0] * (len(TIME_BUCKETS) + 2)
+        quarter_ms = int(seconds * 4000)
+        series[quarter_ms.bit_length() if quarter_ms < 65536 else len(TIME_BUCKETS)] += 1
+        series[-1] += seconds
 
     @property
     def down(self) -> bool:
@@ -65,6 +77,7 @@ class Forwarder:
         self.deadline = deadline
         self.max_fails = max_fails
         self.health_interval = health_interval
+        self.broken = 0  # queries that found every upstream marked down
 
     async def exchange(self, query: bytes, question_end: int, tcp: bool) -> bytes:
         """A validated reply to query from the first upstream that gives one; UpstreamError if none does."""
@@ -74,11 +87,14 @@ class Forwarder:
         while True:
             order = self._order()
             every_one_down = order[0].down  # healthy ones come first
+            if every_one_down:
+                self.broken += 1
             for upstream in order:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise UpstreamError("; ".join(errors.values()) or "no upstream answered in time")
                 timeout = min(self.try_timeout, remaining)
+                started = loop.time()
                 try:
                     if tcp:
                         reply = await self._tcp(upstream, query, question_end, timeout)
@@ -91,6 +107,7 @@ class Forwarder:
                     self._failed(upstream)
                     continue
                 upstream.fails = 0
+                upstream.observe(reply[3] & 0xF, loop.time() - started)
                 return reply
             if every_one_down:  # each has had its try (CoreDNS too gives up here): no spinning until the deadline
                 raise UpstreamError("; ".join(errors.values()))
@@ -116,6 +133,7 @@ class Forwarder:
             try:
                 await self._udp(upstream, b"\x00\x00" + _PROBE, question_end, self.health_interval)
             except (OSError, TimeoutError, wire.Malformed):
+                upstream.healthcheck_failures += 1
                 await asyncio.sleep(self.health_interval)
                 continue
             log.info("upstream %s is up again", upstream)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import time
 from collections.abc import Sequence
+from time import perf_counter_ns
 from typing import Protocol
 
-from globaldns import cache, wire
+from globaldns import cache, metrics, wire
 from globaldns.errors import UpstreamError
 from globaldns.forward import Forwarder
 from globaldns.logs import query_line, warn_once
+from globaldns.metrics import PLUGIN, RCODES, TYPE_SLOT
 from globaldns.table import Answer, Table
 
 log = logging.getLogger(__name__)
@@ -32,21 +33,33 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Channel(Protocol):
-    """Where a reply goes: a UDP endpoint or a TCP connection."""
+    """Where a reply goes: a UDP endpoint or a TCP connection, with the counters of its listener."""
 
     tcp: bool
+    counters: metrics.Counters | None
 
     def send(self, reply: bytes, addr: object) -> None: ...
 
 
-# A client waiting for a forwarded answer: (query, question end, edns, do, udp size, channel, addr, started)
-Waiter = tuple[bytes, int, bool, int, int, Channel, object, float]
+# A client waiting for a forwarded answer: (query, question end, edns, do, udp size, channel, addr, started ns)
+Waiter = tuple[bytes, int, bool, int, int, Channel, object, int]
 
 
 class Resolver:
     """Answers wire queries; `table` is swapped whole when a new one is compiled."""
 
-    __slots__ = ("_allowed", "_inflight", "_tasks", "allow", "cache", "forwarder", "recursion", "table", "turn")
+    __slots__ = (
+        "_allowed",
+        "_inflight",
+        "_tasks",
+        "allow",
+        "cache",
+        "forwarder",
+        "panics",
+        "recursion",
+        "table",
+        "turn",
+    )
 
     def __init__(
         self,
@@ -61,12 +74,14 @@ class Resolver:
         self.cache = answers_cache or cache.Cache(0)
         self.allow = tuple(allow)
         self.turn = 0  # rotates multi-address answers
+        self.panics = 0  # unexpected exceptions (coredns_panics_total)
         self._allowed: dict[str, bool] = {}
         self._inflight: dict[bytes, list[Waiter]] = {}
         self._tasks: set[asyncio.Task] = set()
 
     def answer(self, query: bytes, addr: object, channel: Channel) -> bytes | None:
         """The reply to send now, or None (dropped, or answered later through channel.send)."""
+        started = perf_counter_ns()
         end = query.find(0, 12) + 5
         if end > 16 and not query[2] & 0xF8 and query[4:10] == _ONE_QUESTION:
             size = len(query)
@@ -81,19 +96,29 @@ class Resolver:
             ):
                 edns, do, udp_size = True, query[end + 7] & 0x80, query[end + 3] << 8 | query[end + 4]
             else:
-                return self._slow(query, addr, channel)
+                return self._slow(query, addr, channel, started)
             key = query[12:end].lower()
             found = self.table.answers.get(key)
             if found is None:
                 found = self.cache.get(cache.key(key[:-4], query[end - 4 : end], do, query[3] & 0x10))
                 if found is None or not self._may_forward(addr):
-                    return self._slow(query, addr, channel)
-            return self._splice(query, end, found, edns, do, udp_size, channel.tcp)
-        return self._slow(query, addr, channel)
+                    return self._slow(query, addr, channel, started)
+            return self._splice(query, end, found, edns, do, udp_size, channel, started)
+        return self._slow(query, addr, channel, started)
 
-    def _splice(self, query: bytes, end: int, found: Answer, edns: bool, do: int, udp_size: int, tcp: bool) -> bytes:
-        """ID and question from the query, the rest precomputed; cut to the client's UDP limit."""
-        heads, bodies = found
+    def _splice(
+        self,
+        query: bytes,
+        end: int,
+        found: Answer,
+        edns: bool,
+        do: int,
+        udp_size: int,
+        channel: Channel,
+        started: int,
+    ) -> bytes:
+        """ID and question from the query, the rest precomputed; cut to the client's UDP limit; counted."""
+        heads, bodies, result = found
         self.turn += 1
         head = heads[(query[2] & 1) | ((query[3] & 0x10) >> 3) | (4 if edns else 0)]
         body = bodies[self.turn % len(bodies)]
@@ -101,36 +126,73 @@ class Resolver:
             reply = b"".join((query[:2], head, query[12:end], body, wire.opt_record(bool(do))))
         else:
             reply = b"".join((query[:2], head, query[12:end], body))
-        if tcp or len(reply) <= wire.UDP_MIN or len(reply) <= udp_size:
-            return reply
-        return wire.truncate(reply, max(wire.UDP_MIN, udp_size))
+        if not (channel.tcp or len(reply) <= wire.UDP_MIN or len(reply) <= udp_size):
+            reply = wire.truncate(reply, max(wire.UDP_MIN, udp_size))
+        counters = channel.counters
+        if counters is not None:  # metrics.Counters.count, inlined: this is the hot path
+            slot = TYPE_SLOT[query[end - 4] << 8 | query[end - 3]]
+            nanoseconds = perf_counter_ns() - started
+            counters.replies[(result, slot, len(query), len(reply), (nanoseconds // 250_000).bit_length())] += 1
+            counters.nanoseconds[result << 5 | slot] += nanoseconds
+            if do:
+                counters.do_requests[result] += 1
+        return reply
 
-    def _slow(self, query: bytes, addr: object, channel: Channel) -> bytes | None:
+    def _error(
+        self,
+        query: bytes,
+        rcode: int,
+        question_end: int,
+        edns: bool,
+        channel: Channel,
+        started: int,
+        zone: str = metrics.DROPPED,
+        plugin: str = "",
+        do: bool = False,
+    ) -> bytes:
+        """A reply without records (FORMERR, REFUSED, SERVFAIL...), counted under zone and plugin."""
+        reply = wire.error_reply(query, rcode, question_end, edns, self.recursion)
+        counters = channel.counters
+        if counters is not None:
+            qtype = query[question_end - 4] << 8 | query[question_end - 3] if question_end else 0
+            result = metrics.outcome(zone, rcode, plugin)
+            counters.count(result, qtype, len(query), len(reply), do, perf_counter_ns() - started)
+        return reply
+
+    def _slow(self, query: bytes, addr: object, channel: Channel, started: int) -> bytes | None:
         """Everything the hot path does not cover: bad input, wildcards, misses, other types and classes."""
         try:
             question = wire.scan(query)
         except wire.Malformed as malformed:
             if malformed.rcode is None:
                 return None
-            return wire.error_reply(query, malformed.rcode, malformed.question_end, malformed.edns, self.recursion)
+            kind = RCODES.get(malformed.rcode, str(malformed.rcode))
+            warn_once(log, f"malformed {kind}", "malformed query from %s answered %s (more at debug level)", addr, kind)
+            return self._error(query, malformed.rcode, malformed.question_end, malformed.edns, channel, started)
         edns = question.udp_size > 0
         if question.qclass != wire.IN:
-            return wire.error_reply(query, wire.REFUSED, question.end, edns, self.recursion)
+            return self._error(query, wire.REFUSED, question.end, edns, channel, started, do=question.do)
         table = self.table
         located = table.zone_of(question.name, question.labels)
         if located is not None:
-            if not table.synced:
-                return wire.error_reply(query, wire.SERVFAIL, question.end, edns, self.recursion)
             zone, apex = located
+            if not table.synced:
+                zone_label = zone.name + "."
+                return self._error(
+                    query, wire.SERVFAIL, question.end, edns, channel, started, zone_label, PLUGIN, question.do
+                )
             found = table.lookup(question.name, question.labels, question.qtype, zone, apex)
-            return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel.tcp)
-        if self.forwarder is None or not self._may_forward(addr):
-            return wire.error_reply(query, wire.REFUSED, question.end, edns, self.recursion)
+            return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel, started)
+        if self.forwarder is None:
+            return self._error(query, wire.REFUSED, question.end, edns, channel, started, do=question.do)
+        if not self._may_forward(addr):
+            return self._error(query, wire.REFUSED, question.end, edns, channel, started, ".", do=question.do)
         cache_key = cache.key(question.name, query[question.end - 4 : question.end], question.do, query[3] & 0x10)
         found = self.cache.get(cache_key)
         if found is not None:
-            return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel.tcp)
-        waiter = (query, question.end, edns, question.do, question.udp_size, channel, addr, time.perf_counter())
+            return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel, started)
+        self.cache.misses += 1
+        waiter = (query, question.end, edns, question.do, question.udp_size, channel, addr, started)
         waiting = self._inflight.get(cache_key)
         if waiting is not None:  # the same question is already upstream: wait for that answer
             waiting.append(waiter)
@@ -157,10 +219,10 @@ class Resolver:
             waiters = self._inflight.pop(cache_key, [])
         found = self.cache.put(cache_key, parts)
         for query_, end, edns, do, udp_size, channel, addr, started in waiters:
-            reply = self._splice(query_, end, found, edns, do, udp_size, channel.tcp)
+            reply = self._splice(query_, end, found, edns, do, udp_size, channel, started)
             self._deliver(reply, query_, channel, addr, started)
 
-    def _deliver(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: float) -> None:
+    def _deliver(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: int) -> None:
         """Send a reply that was produced later than its query."""
         channel.send(reply, addr)
 
@@ -174,12 +236,13 @@ class Resolver:
             allowed = self._allowed[host] = _inside(host, self.allow)
         return allowed
 
-    def failed(self, query: bytes, error: Exception) -> bytes | None:
-        """An unexpected exception while answering: log it once, answer SERVFAIL if the header allows."""
+    def failed(self, query: bytes, error: Exception, channel: Channel) -> bytes | None:
+        """An unexpected exception while answering (a bug): log it once, count a panic, answer SERVFAIL."""
+        self.panics += 1
         warn_once(log, type(error).__name__, "unexpected error answering a query: %r", error, exc_info=error)
         if len(query) < wire.HEADER_SIZE or query[2] & 0x80:
             return None
-        return wire.error_reply(query, wire.SERVFAIL, 0, False, self.recursion)
+        return self._error(query, wire.SERVFAIL, 0, False, channel, perf_counter_ns())
 
     async def close(self) -> None:
         """Cancel forwarding in flight (shutdown, after the lameduck)."""
@@ -206,16 +269,16 @@ class QueryLoggingResolver(Resolver):
     __slots__ = ()
 
     def answer(self, query: bytes, addr: object, channel: Channel) -> bytes | None:
-        started = time.perf_counter()
+        started = perf_counter_ns()
         reply = Resolver.answer(self, query, addr, channel)
         if reply is not None:
             self._log(reply, query, channel, addr, started)
         return reply
 
-    def _deliver(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: float) -> None:
+    def _deliver(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: int) -> None:
         self._log(reply, query, channel, addr, started)
         channel.send(reply, addr)
 
-    def _log(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: float) -> None:
+    def _log(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: int) -> None:
         proto = "tcp" if channel.tcp else "udp"
-        query_log.info("%s", query_line(addr, proto, query, reply, time.perf_counter() - started))
+        query_log.info("%s", query_line(addr, proto, query, reply, (perf_counter_ns() - started) / 1e9))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -16,12 +17,15 @@ import sys
 import time
 
 import uvloop
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import generate_latest
 
 from globaldns import logs, table
 from globaldns.cache import Cache
 from globaldns.config import Config, Endpoint, read_resolv_conf
 from globaldns.errors import ConfigError
 from globaldns.forward import Forwarder
+from globaldns.metrics import Counters, DNSCollector, server_label, table_json
 from globaldns.probes import Route, bound_port, serve_http, text
 from globaldns.protocols.tcp import TCPProtocol
 from globaldns.protocols.udp import UDPProtocol
@@ -112,6 +116,12 @@ class Server:
         self.resolver = resolver_class(initial, forwarder, Cache(config.cache_size), config.allow)
         self.serial = 0
         self.exit_code = 0
+        self.snapshot: Snapshot | None = None  # the one being served, for metrics
+        self.counters: list[Counters] = []  # one per listener and transport
+        self.server_labels = [server_label(e.host, e.port) for e in config.listen]
+        self.registry = CollectorRegistry(auto_describe=False)
+        for collector in (DNSCollector(self), ProcessCollector(registry=None), PlatformCollector(registry=None)):
+            self.registry.register(collector)
         self._snapshot: Snapshot | None = None
         self._snapshot_ready = asyncio.Event()
         self.started = asyncio.Event()  # every listener and probe is bound
@@ -150,6 +160,7 @@ class Server:
                 auto_allocate=self.config.auto_allocate,
             )
             self.resolver.table = compiled
+            self.snapshot = snapshot
             for problem in snapshot.problems:
                 logs.warn_once(log, problem, "skipped: %s", problem)
             for conflict in compiled.conflicts:
@@ -178,9 +189,14 @@ class Server:
         loop = asyncio.get_running_loop()
         config = self.config
 
+        family = 2 if ":" in endpoint.host else 1
+        counting = config.metrics is not None
+        tcp_counters = Counters(server_label(endpoint.host, endpoint.port), "tcp", family) if counting else None
+        udp_counters = Counters(server_label(endpoint.host, endpoint.port), "udp", family) if counting else None
+
         def tcp_protocol() -> TCPProtocol:
             return TCPProtocol(
-                self.resolver, self.state.connections, config.tcp_idle_timeout, config.tcp_max_connections
+                self.resolver, self.state.connections, config.tcp_idle_timeout, config.tcp_max_connections, tcp_counters
             )
 
         for attempt in range(_BIND_ATTEMPTS):
@@ -188,7 +204,7 @@ class Server:
             port = bound_port(tcp)
             try:
                 udp, _ = await loop.create_datagram_endpoint(
-                    lambda: UDPProtocol(self.resolver), local_addr=(endpoint.host, port)
+                    lambda: UDPProtocol(self.resolver, udp_counters), local_addr=(endpoint.host, port)
                 )
             except OSError:
                 tcp.close()
@@ -197,6 +213,10 @@ class Server:
                 continue
             self._tcp.append(tcp)
             self._udp.append(udp)  # type: ignore[arg-type]
+            for counters in (tcp_counters, udp_counters):
+                if counters is not None:
+                    counters.server = server_label(endpoint.host, port)  # port 0 became a real port
+                    self.counters.append(counters)
             return port
         raise AssertionError("unreachable")
 
@@ -227,6 +247,7 @@ class Server:
             except OSError as error:
                 raise OSError(f"--listen {endpoint}: {error.strerror}") from error
             self.dns_ports.append(port)
+            self.server_labels[len(self.dns_ports) - 1] = server_label(endpoint.host, port)
             log.info(
                 "serving DNS on %s (udp, tcp), zones %s", Endpoint(endpoint.host, port), ", ".join(self.config.zones)
             )
@@ -240,12 +261,27 @@ class Server:
         self.started.set()
 
     def _http_endpoints(self) -> list[tuple[str, Endpoint, dict[str, Route]]]:
-        """/health and /ready; on one port if both flags name the same address."""
-        health: dict[str, Route] = {"/health": lambda: text(200, "OK")}
-        ready: dict[str, Route] = {"/ready": self._ready}
-        if self.config.health == self.config.ready and self.config.health.port != 0:
-            return [("--health", self.config.health, health | ready)]
-        return [("--health", self.config.health, health), ("--ready", self.config.ready, ready)]
+        """/health, /ready and /metrics (+ /table); flags naming the same address share one port."""
+        wanted: list[tuple[str, Endpoint, dict[str, Route]]] = [
+            ("--health", self.config.health, {"/health": lambda: text(200, "OK")}),
+            ("--ready", self.config.ready, {"/ready": self._ready}),
+        ]
+        if self.config.metrics is not None:
+            wanted.append(("--metrics", self.config.metrics, {"/metrics": self._metrics, "/table": self._table}))
+        merged: list[tuple[str, Endpoint, dict[str, Route]]] = []
+        for flag, endpoint, routes in wanted:
+            same = next((m for m in merged if m[1] == endpoint and endpoint.port != 0), None)
+            if same is None:
+                merged.append((flag, endpoint, dict(routes)))
+            else:
+                same[2].update(routes)
+        return merged
+
+    def _metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    def _table(self) -> tuple[int, str, bytes]:
+        return 200, "application/json", json.dumps(table_json(self), indent=1).encode()
 
     def _ready(self) -> tuple[int, str, bytes]:
         reason = self.state.not_ready()

@@ -16,12 +16,12 @@ from dnslib import NS as NSRecord
 from dnslib import QTYPE, RR, DNSBuffer
 from dnslib import SOA as SOARecord
 
-from globaldns import wire
+from globaldns import metrics, wire
 from globaldns.config import IPAddress
 from globaldns.serviceentry import ServiceEntry
 
-# (reply_heads variants, record bytes variants rotated between responses)
-Answer = tuple[tuple[bytes, ...], tuple[bytes, ...]]
+# (reply_heads variants, record bytes variants rotated between responses, metrics outcome)
+Answer = tuple[tuple[bytes, ...], tuple[bytes, ...], int]
 
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, SOA_MAX_TTL = 7200, 1800, 86400, 300
 AUTO_V4 = ipaddress.ip_network("240.240.0.0/16")
@@ -200,11 +200,12 @@ def _address_answers(addresses: Sequence[IPAddress], ttl: int, zone: Zone, recur
     v4 = [_address_record(address, ttl) for address in addresses if address.version == 4]
     v6 = [_address_record(address, ttl) for address in addresses if address.version == 6]
     answers = {wire.A: zone.nodata, wire.AAAA: zone.nodata}
+    found = metrics.outcome(zone.name + ".", wire.NOERROR, metrics.PLUGIN)
     for qtype, records in ((wire.A, v4), (wire.AAAA, v6)):
         if records:
             rotations = tuple(b"".join(records[i:] + records[:i]) for i in range(len(records)))
-            answers[qtype] = (wire.reply_heads(wire.NOERROR, len(records), 0, recursion), rotations)
-    answers[wire.ANY] = (wire.reply_heads(wire.NOERROR, len(v4) + len(v6), 0, recursion), (b"".join(v4 + v6),))
+            answers[qtype] = (wire.reply_heads(wire.NOERROR, len(records), 0, recursion), rotations, found)
+    answers[wire.ANY] = (wire.reply_heads(wire.NOERROR, len(v4) + len(v6), 0, recursion), (b"".join(v4 + v6),), found)
     return answers
 
 
@@ -240,11 +241,20 @@ def _zone(zone: str, ttl: int, serial: int, recursion: bool) -> Zone:
     """A zone's negative answers: NXDOMAIN and NODATA, each with the SOA in authority (RFC 2308)."""
     soa_ttl = min(ttl, SOA_MAX_TTL)
     authority = _pack(RR(f"{zone}.", QTYPE.SOA, ttl=soa_ttl, rdata=_soa(zone, ttl, serial)))
+    label = zone + "."
     return Zone(
         name=zone,
         wire_name=to_wire(zone),
-        nxdomain=(wire.reply_heads(wire.NXDOMAIN, 0, 1, recursion), (authority,)),
-        nodata=(wire.reply_heads(wire.NOERROR, 0, 1, recursion), (authority,)),
+        nxdomain=(
+            wire.reply_heads(wire.NXDOMAIN, 0, 1, recursion),
+            (authority,),
+            metrics.outcome(label, wire.NXDOMAIN, metrics.PLUGIN),
+        ),
+        nodata=(
+            wire.reply_heads(wire.NOERROR, 0, 1, recursion),
+            (authority,),
+            metrics.outcome(label, wire.NOERROR, metrics.PLUGIN),
+        ),
     )
 
 
@@ -253,8 +263,9 @@ def _add_apex(table: Table, zone: Zone, ttl: int, serial: int, recursion: bool) 
     soa = _pack(RR(f"{zone.name}.", QTYPE.SOA, ttl=min(ttl, SOA_MAX_TTL), rdata=_soa(zone.name, ttl, serial)))
     ns = _pack(RR(f"{zone.name}.", QTYPE.NS, ttl=ttl, rdata=NSRecord(f"ns.dns.{zone.name}.")))
     heads = wire.reply_heads(wire.NOERROR, 1, 0, recursion)
-    table.answers[key(zone.wire_name, wire.SOA)] = (heads, (_owned_by_question(soa, zone.wire_name),))
-    table.answers[key(zone.wire_name, wire.NS)] = (heads, (_owned_by_question(ns, zone.wire_name),))
+    found = zone.nodata[2]  # NOERROR in this zone
+    table.answers[key(zone.wire_name, wire.SOA)] = (heads, (_owned_by_question(soa, zone.wire_name),), found)
+    table.answers[key(zone.wire_name, wire.NS)] = (heads, (_owned_by_question(ns, zone.wire_name),), found)
     table.names.setdefault(zone.wire_name, zone.nodata)
 
 

@@ -19,7 +19,7 @@ NAME = b"\x07example\x03com\x00"
 A_IN = b"\x00\x01\x00\x01"
 HTTPS_IN = b"\x00\x41\x00\x01"  # type 65: the byte 0x41 is "A", which bytes.lower() would turn into 0x61
 TYPE97_IN = b"\x00\x61\x00\x01"  # type 97: the byte 0x61 is "a"
-UDP = SimpleNamespace(tcp=False)
+UDP = SimpleNamespace(tcp=False, counters=None)
 INSIDE = ("127.0.0.1", 1)
 OUTSIDE = ("203.0.113.9", 1)
 
@@ -88,7 +88,7 @@ def body_ttls(answer, parts: wire.ReplyParts) -> list[int]:
 
 def served(answer, reply: bytes, variant: int = 0) -> dns.message.Message:
     """The answer spliced after the reply's own question, as the resolver would; parsed by dnspython."""
-    heads, bodies = answer
+    heads, bodies, _ = answer
     return dns.message.from_wire(b"\x12\x34" + heads[variant] + reply[12 : question_end(reply)] + bodies[0])
 
 
@@ -157,7 +157,7 @@ def test_cache_ttl_of_failure_parts(rcode, expected):
 @pytest.mark.parametrize("index", range(8))
 def test_to_answer_heads(ad, index):
     parts = split(upstream(answer=[A_300], authority=[NS_600], additional=[GLUE_900], ad=ad, edns=True))
-    heads, bodies = cache.to_answer(parts)
+    heads, bodies, _ = cache.to_answer(parts)
     flags, qd, an, ns, ar = struct.unpack("!HHHHH", heads[index])
     assert flags & wire.QR and flags & wire.RA
     assert not flags & (wire.AA | wire.TC)
@@ -169,7 +169,7 @@ def test_to_answer_heads(ad, index):
 
 
 def test_to_answer_rcode():
-    heads, _ = cache.to_answer(split(upstream(rcode=dns.rcode.NXDOMAIN, authority=[soa(300, 60)])))
+    heads, _, _ = cache.to_answer(split(upstream(rcode=dns.rcode.NXDOMAIN, authority=[soa(300, 60)])))
     assert {head[1] & 0xF for head in heads} == {wire.NXDOMAIN}
 
 
@@ -331,7 +331,7 @@ def test_max_entries_0_stores_nothing_but_put_answers(reply):
     store = cache.Cache(0, Clock())
     parts = split(reply)
     put = store.put(b"k", parts)
-    assert put == cache.to_answer(parts)
+    assert put == cache.to_answer(parts, plugin="forward")
     assert served(put, reply).rcode() == parts.rcode
     assert store.get(b"k") is None
     assert not store.entries
@@ -348,7 +348,7 @@ def test_max_entries_0_stores_nothing_but_put_answers(reply):
 def test_uncacheable_reply_is_answered_not_stored(reply):
     store = cache.Cache(10, Clock())
     parts = split(reply)
-    assert store.put(b"k", parts) == cache.to_answer(parts)
+    assert store.put(b"k", parts) == cache.to_answer(parts, plugin="forward")
     assert store.get(b"k") is None
     assert not store.entries
 

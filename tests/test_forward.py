@@ -412,6 +412,7 @@ class Collect:
     """A UDP channel that keeps what the resolver sends later."""
 
     tcp = False
+    counters = None
 
     def __init__(self) -> None:
         self.replies: asyncio.Queue[bytes] = asyncio.Queue()

@@ -21,8 +21,8 @@ from globaldns.resolver import QueryLoggingResolver, Resolver
 from globaldns.serviceentry import ServiceEntry
 
 ADDR = ("127.0.0.1", 5353)
-UDP = SimpleNamespace(tcp=False)
-TCP = SimpleNamespace(tcp=True)
+UDP = SimpleNamespace(tcp=False, counters=None)
+TCP = SimpleNamespace(tcp=True, counters=None)
 MANY = [f"10.0.0.{i}" for i in range(1, 61)]
 
 
@@ -58,9 +58,9 @@ class SpyResolver(Resolver):
         super().__init__(compiled)
         self.slow = 0
 
-    def _slow(self, query, addr, channel):
+    def _slow(self, query, addr, channel, started):
         self.slow += 1
-        return super()._slow(query, addr, channel)
+        return super()._slow(query, addr, channel, started)
 
 
 @pytest.fixture
@@ -377,13 +377,14 @@ def test_malformed_queries(resolver, query, rcode):
 
 def test_failed_answers_servfail_when_the_header_allows(resolver):
     query = make("httpbin.bar.global.", "A", qid=0xABCD, cd=True)
-    reply = parse(resolver.failed(query, RuntimeError("boom")))
+    reply = parse(resolver.failed(query, RuntimeError("boom"), UDP))
     assert reply.id == 0xABCD
     assert reply.rcode() == dns.rcode.SERVFAIL
     assert reply.flags & dns.flags.QR and reply.flags & dns.flags.RD and reply.flags & dns.flags.CD
-    assert resolver.failed(b"\xab\xcd\x01", RuntimeError("boom")) is None
-    assert resolver.failed(query[:11], RuntimeError("boom")) is None
-    assert resolver.failed(b"\xab\xcd\x81" + query[3:], RuntimeError("boom")) is None  # a response: never answer
+    assert resolver.failed(b"\xab\xcd\x01", RuntimeError("boom"), UDP) is None
+    assert resolver.failed(query[:11], RuntimeError("boom"), UDP) is None
+    assert resolver.failed(b"\xab\xcd\x81" + query[3:], RuntimeError("boom"), UDP) is None  # a response: never
+    assert resolver.panics == 4
 
 
 def test_query_logging_resolver_answers_the_same():

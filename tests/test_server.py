@@ -53,7 +53,8 @@ def run_server(test: Callable[[Server, ManualSource], Awaitable[None]], **config
 
     async def main() -> int:
         source = ManualSource()
-        settings = {"listen": (LOOPBACK,), "health": LOOPBACK, "ready": LOOPBACK, "lameduck": 0.0, "upstream": ()}
+        settings = {"listen": (LOOPBACK,), "health": LOOPBACK, "ready": LOOPBACK, "metrics": LOOPBACK}
+        settings |= {"lameduck": 0.0, "upstream": ()}
         settings |= config
         server = Server(Config(**settings), source)  # type: ignore[arg-type]
         serving = asyncio.create_task(server.serve())

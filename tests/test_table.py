@@ -26,6 +26,7 @@ A, AAAA, SOA, NS, ANY = (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.SOA,
 
 class Channel:
     tcp = False
+    counters = None
 
     def send(self, reply: bytes, addr: object) -> None:
         raise AssertionError("zone answers are returned, never sent later")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from globaldns.metrics import Counters
 from globaldns.resolver import Resolver
 
 log = logging.getLogger(__name__)
@@ -15,8 +16,16 @@ class TCPProtocol(asyncio.Protocol):
 
     tcp = True
 
-    def __init__(self, resolver: Resolver, connections: set[TCPProtocol], idle_timeout: float, max_connections: int):
+    def __init__(
+        self,
+        resolver: Resolver,
+        connections: set[TCPProtocol],
+        idle_timeout: float,
+        max_connections: int,
+        counters: Counters | None = None,
+    ) -> None:
         self.resolver = resolver
+        self.counters = counters
         self.connections = connections
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -56,7 +65,7 @@ class TCPProtocol(asyncio.Protocol):
         try:
             reply = self.resolver.answer(query, self.peer, self)
         except Exception as error:
-            reply = self.resolver.failed(query, error)
+            reply = self.resolver.failed(query, error, self)
         if reply is not None:
             self.send(reply, self.peer)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from globaldns.metrics import Counters
 from globaldns.resolver import Resolver
 
 log = logging.getLogger(__name__)
@@ -15,8 +16,9 @@ class UDPProtocol(asyncio.DatagramProtocol):
 
     tcp = False
 
-    def __init__(self, resolver: Resolver) -> None:
+    def __init__(self, resolver: Resolver, counters: Counters | None = None) -> None:
         self.resolver = resolver
+        self.counters = counters
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -26,7 +28,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
         try:
             reply = self.resolver.answer(data, addr, self)
         except Exception as error:
-            reply = self.resolver.failed(data, error)
+            reply = self.resolver.failed(data, error, self)
         if reply is not None:
             self.transport.sendto(reply, addr)  # type: ignore[union-attr]
 

@@ -10,10 +10,11 @@ from globaldns.serviceentry import ServiceEntry
 
 
 class Snapshot(NamedTuple):
-    """Every valid ServiceEntry a source knows now, and one line per object it had to skip."""
+    """Every valid ServiceEntry a source knows now, one line per problem, and how many objects were invalid."""
 
     entries: tuple[ServiceEntry, ...]
     problems: tuple[str, ...] = ()
+    invalid: int = 0
 
 
 Publish = Callable[[Snapshot], None]

@@ -30,10 +30,11 @@ Signature = tuple[int, int, int]  # mtime_ns, size, inode
 
 @dataclass(frozen=True, slots=True)
 class ParsedFile:
-    """The valid entries of one file, and its problems (invalid objects, skipped addresses)."""
+    """The valid entries of one file, its problems (invalid objects, skipped addresses), the invalid count."""
 
     entries: tuple[ServiceEntry, ...]
     problems: tuple[str, ...]
+    invalid: int = 0
 
 
 def find_files(path: str) -> list[str]:
@@ -56,6 +57,7 @@ def parse_file(path: str) -> ParsedFile:
         raise SourceError(f"{path}: {error}") from error
     entries: list[ServiceEntry] = []
     problems: list[str] = []
+    invalid = 0
     for index, document in enumerate(documents):
         for position, obj in _objects(document):
             origin = f"{path}#{index}{position}"
@@ -63,10 +65,11 @@ def parse_file(path: str) -> ParsedFile:
                 entry = ServiceEntry.from_dict(obj, origin)
             except InvalidServiceEntry as error:
                 problems.append(str(error))
+                invalid += 1
                 continue
             entries.append(entry)
             problems.extend(entry.warnings)
-    return ParsedFile(tuple(entries), tuple(problems))
+    return ParsedFile(tuple(entries), tuple(problems), invalid)
 
 
 def _objects(document: Any) -> list[tuple[str, Any]]:
@@ -167,4 +170,5 @@ class FilesSource:
     def snapshot(self) -> Snapshot:
         entries = tuple(entry for _, parsed in self.files.values() for entry in parsed.entries)
         problems = tuple(problem for _, parsed in self.files.values() for problem in parsed.problems)
-        return Snapshot(entries, problems + tuple(self.errors.values()))
+        invalid = sum(parsed.invalid for _, parsed in self.files.values())
+        return Snapshot(entries, problems + tuple(self.errors.values()), invalid)

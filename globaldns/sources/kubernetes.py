@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -72,9 +74,9 @@ def api_client(kubeconfig: str | None) -> client.ApiClient:
     )
 
 
-def served_version(api: client.ApiClient) -> str:
+def served_version(api: client.ApiClient, timeout: tuple[float, float] | None = None) -> str:
     """The newest ServiceEntry API version the cluster serves; SourceError if the CRD is not installed."""
-    groups = client.ApisApi(api).get_api_versions()
+    groups = client.ApisApi(api).get_api_versions(_request_timeout=timeout)
     for group in groups.groups or ():
         if group.name == API_GROUP:
             served = {version.version for version in group.versions}
@@ -127,29 +129,37 @@ class Reflector:
         self.problems: dict[tuple[str, str], str] = {}
         self.synced = False
         self.stopping = threading.Event()
-        self._watch: watch.Watch | None = None
+        self._response: Any = None  # the open watch response, which stop() and relist() cut
         self._relist = False
+        self._failing = False  # in a failure streak: warned once, and "connected again" is owed
 
     # -- layer 1: forever ---------------------------------------------------------------------
     def run_forever(self) -> None:
         backoff = Backoff(self.settings.backoff_initial, self.settings.backoff_max)
-        streak: str | None = None
         while not self.stopping.is_set():
             try:
                 self.list_and_watch(backoff)
             except _TRANSIENT as error:
-                reason = _describe(error)
-                self.stats.syncs_failed += 1
-                if streak is None:
-                    log.warning("kubernetes %s: %s; retrying with backoff, serving the last table", self.scope, reason)
-                else:
-                    log.debug("kubernetes %s: still failing: %s", self.scope, reason)
-                streak = streak or reason
+                if self.stopping.is_set():
+                    return  # stop() cut the stream: not a failure
+                self._failed(error)
                 self.stopping.wait(backoff.next())
-                continue
-            if streak is not None:
-                log.info("kubernetes %s: connected again", self.scope)
-                streak = None
+
+    def _failed(self, error: BaseException) -> None:
+        reason = _describe(error)
+        self.stats.syncs_failed += 1
+        if not self._failing:
+            log.warning("kubernetes %s: %s; retrying with backoff, serving the last table", self.scope, reason)
+            self._failing = True
+        else:
+            log.debug("kubernetes %s: still failing: %s", self.scope, reason)
+
+    def _connected(self, backoff: Backoff) -> None:
+        """A watch stream opened: the API works (a list alone does not say so: a failing watch would relist hot)."""
+        backoff.reset()
+        if self._failing:
+            log.info("kubernetes %s: connected again", self.scope)
+            self._failing = False
 
     def stop(self) -> None:
         self.stopping.set()
@@ -157,9 +167,9 @@ class Reflector:
 
     def interrupt(self) -> None:
         """Unblock a watch waiting for data (stop, or relist on SIGHUP)."""
-        current = self._watch
-        if current is not None:
-            current.stop()
+        response = self._response
+        if response is not None:
+            _shutdown(response)
 
     def relist(self) -> None:
         self._relist = True
@@ -167,16 +177,16 @@ class Reflector:
 
     # -- layer 2: list, then watch until 410 ----------------------------------------------------
     def list_and_watch(self, backoff: Backoff) -> None:
-        version = served_version(self.api)
+        self._relist = False
+        timeout = (self.settings.connect_timeout, self.settings.inactivity_timeout)
+        version = served_version(self.api, timeout)
         resource_version = self.list(version)
-        backoff.reset()
         while not self.stopping.is_set() and not self._relist:
             try:
-                resource_version = self.watch_once(version, resource_version)
+                resource_version = self.watch_once(version, resource_version, backoff)
             except Gone:
                 log.info("kubernetes %s: resourceVersion %s expired; listing again", self.scope, resource_version)
                 return
-        self._relist = False
 
     def list(self, version: str) -> str:
         """Every object, page by page; replace the store and diff, so deletions in a gap are applied."""
@@ -214,14 +224,25 @@ class Reflector:
         return resource_version
 
     # -- layer 3: one watch request -------------------------------------------------------------
-    def watch_once(self, version: str, resource_version: str) -> str:
+    def watch_once(self, version: str, resource_version: str, backoff: Backoff) -> str:
         """Stream events until the server ends the watch; the resourceVersion to continue from."""
         stream = watch.Watch()
-        self._watch = stream
         settings = self.settings
+        list_function = self._list_function()
+
+        @functools.wraps(list_function)  # Watch reads the return type from its docstring
+        def open_stream(*args: Any, **kwargs: Any) -> Any:
+            response = list_function(*args, **kwargs)  # raises ApiException unless the stream opened
+            self._response = response
+            if self.stopping.is_set() or self._relist:
+                _shutdown(response)  # stop() or relist() came while the request was in flight
+            else:
+                self._connected(backoff)
+            return response
+
         try:
             events = stream.stream(
-                self._list_function(),
+                open_stream,
                 **self._scope_arguments(version),
                 resource_version=resource_version,
                 allow_watch_bookmarks=True,
@@ -234,8 +255,12 @@ class Reflector:
             if error.status == 410:
                 raise Gone from error
             raise
+        except _TRANSIENT:
+            if self.stopping.is_set() or self._relist:
+                return resource_version  # we cut the stream ourselves
+            raise
         finally:
-            self._watch = None
+            self._response = None
             if not self.stopping.is_set():
                 self.stats.watch_restarts += 1
         return resource_version
@@ -290,6 +315,14 @@ class Reflector:
         settings = self.settings
         timeout = (settings.connect_timeout, settings.inactivity_timeout)
         return function(**self._scope_arguments(version), **arguments, _request_timeout=timeout)
+
+
+def _shutdown(response: Any) -> None:
+    """Cut a streaming response from another thread: shutting its socket down wakes the blocked reader."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _fail(future: asyncio.Future[None], error: BaseException) -> None:
@@ -372,8 +405,12 @@ class KubernetesSource:
             return  # not ready until every scope has listed once
         entries: list[ServiceEntry] = []
         problems: list[str] = []
+        invalid = 0
         for reflector in self.reflectors:
-            entries += list(reflector.entries.copy().values())
-            problems += list(reflector.problems.copy().values())
+            valid = reflector.entries.copy()
+            problem_of = reflector.problems.copy()
+            entries += valid.values()
+            problems += problem_of.values()
+            invalid += len(problem_of.keys() - valid.keys())  # a problem without an entry: the object was invalid
         assert self._publish is not None
-        self._publish(Snapshot(tuple(entries), tuple(problems)))
+        self._publish(Snapshot(tuple(entries), tuple(problems), invalid))

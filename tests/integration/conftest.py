@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 _DNS_PORT = re.compile(r"serving DNS on 127\.0\.0\.1:(\d+)")
-_HTTP_PORT = re.compile(r"(health|ready) on http://127\.0\.0\.1:(\d+)")
+_HTTP_PORT = re.compile(r"(health|ready|metrics) on http://127\.0\.0\.1:(\d+)")
 
 
 class ServerProcess:
@@ -43,6 +43,8 @@ class ServerProcess:
             "--health",
             "127.0.0.1:0",
             "--ready",
+            "127.0.0.1:0",
+            "--metrics",
             "127.0.0.1:0",
             "--lameduck",
             "0",

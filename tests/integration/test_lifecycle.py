@@ -113,6 +113,10 @@ def test_port_in_use_exits_1_naming_the_flag(start_server, entries: Path):
         "127.0.0.1:0",
         "--ready",
         "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--upstream",
+        "none",
     )
     assert result.returncode == 1
     assert f"--listen 127.0.0.1:{server.port}" in result.stderr
