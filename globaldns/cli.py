@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from globaldns import __version__, config
+from globaldns import __version__, config, logs
 from globaldns.errors import ConfigError
 
 ENV_PREFIX = "GLOBALDNS_"
@@ -115,6 +115,7 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
         metavar="LEVEL",
         help="debug, info, warning or error (default info)",
     )
+    add("--log-format", choices=logs.LOG_FORMATS, help="text (default) or json, one object a line")
     add("--log-queries", action="store_const", const=True, help="log one line per query")
     add(
         "--upstream",

@@ -49,6 +49,7 @@ class Config:
     ready: Endpoint = Endpoint("0.0.0.0", 8181)
     lameduck: float = 5.0
     log_level: str = "info"
+    log_format: str = "text"
     log_queries: bool = False
     upstream: tuple[Endpoint, ...] | None = None  # None: the nameservers of resolv_conf; (): forwarding off
     upstream_policy: str = "random"

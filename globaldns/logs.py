@@ -2,37 +2,43 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import struct
 import sys
+import time
 from collections import OrderedDict
 
 from globaldns import wire
 
 _WARNED: OrderedDict[str, None] = OrderedDict()
 _WARNED_MAX = 1024
-_TYPES = {
-    1: "A",
-    2: "NS",
-    5: "CNAME",
-    6: "SOA",
-    12: "PTR",
-    15: "MX",
-    16: "TXT",
-    28: "AAAA",
-    33: "SRV",
-    41: "OPT",
-    64: "SVCB",
-    65: "HTTPS",
-    255: "ANY",
-}
-_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+LOG_FORMATS = ("text", "json")
 
 
-def setup(level: str) -> None:
-    """One stderr handler, CoreDNS-like `[LEVEL] logger: message` lines."""
+class JSONFormatter(logging.Formatter):
+    """One JSON object a line, for log pipelines: time, level, logger, message (and the exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def setup(level: str, style: str = "text") -> None:
+    """One stderr handler: CoreDNS-like `[LEVEL] logger: message` lines, or JSON objects; times in UTC."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+    formatter = (
+        JSONFormatter() if style == "json" else logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    )
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -59,7 +65,7 @@ def query_line(addr: object, proto: str, query: bytes, reply: bytes | None, seco
         return f'{host}:{port} - 0 "malformed {proto} {len(query)}"'
     name = _text_name(query[wire.HEADER_SIZE : question.end - 4])
     qid = struct.unpack_from("!H", query)[0]
-    qtype = _TYPES.get(question.qtype, f"TYPE{question.qtype}")
+    qtype = wire.TYPE_NAMES.get(question.qtype, f"TYPE{question.qtype}")
     qclass = "IN" if question.qclass == wire.IN else f"CLASS{question.qclass}"
     if reply is None:
         outcome = "- - 0"
@@ -67,7 +73,7 @@ def query_line(addr: object, proto: str, query: bytes, reply: bytes | None, seco
         flags = struct.unpack_from("!H", reply, 2)[0]
         names = [("qr", wire.QR), ("aa", wire.AA), ("tc", wire.TC), ("rd", wire.RD), ("ra", wire.RA)]
         rflags = ",".join(text for text, bit in names if flags & bit)
-        outcome = f"{_RCODES.get(flags & 0xF, str(flags & 0xF))} {rflags} {len(reply)}"
+        outcome = f"{wire.RCODE_NAMES.get(flags & 0xF, str(flags & 0xF))} {rflags} {len(reply)}"
     return (
         f'{host}:{port} - {qid} "{qtype} {qclass} {name} {proto} {len(query)} '
         f'{str(question.do).lower()} {question.udp_size or wire.UDP_MIN}" {outcome} {seconds:.6f}s'

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from globaldns import __version__
+from globaldns import __version__, wire
 
 if TYPE_CHECKING:
     from globaldns.server import Server
@@ -28,43 +28,10 @@ PLUGIN = "globaldns"  # the `plugin` label of zone answers
 TIME_BUCKETS = tuple(0.00025 * 2**i for i in range(16))  # CoreDNS plugin.TimeBuckets: 0.25 ms .. 8.192 s
 SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)
 # CoreDNS counts these types by name and everything else as "other" (bounded cardinality).
-TYPE_LABELS = (
-    "other",
-    "A",
-    "AAAA",
-    "CNAME",
-    "DNSKEY",
-    "DS",
-    "MX",
-    "NSEC3",
-    "NSEC",
-    "NS",
-    "PTR",
-    "RRSIG",
-    "SOA",
-    "SRV",
-    "TXT",
-    "HTTPS",
-    "IXFR",
-    "AXFR",
-    "ANY",
-)
 _TYPE_CODES = (0, 1, 28, 5, 48, 43, 15, 50, 47, 2, 12, 46, 6, 33, 16, 65, 251, 252, 255)
+TYPE_LABELS = ("other", *(wire.TYPE_NAMES[code] for code in _TYPE_CODES[1:]))
 TYPE_SLOT = bytes(_TYPE_CODES.index(code) if code in _TYPE_CODES else 0 for code in range(65536))
-RCODES = {
-    0: "NOERROR",
-    1: "FORMERR",
-    2: "SERVFAIL",
-    3: "NXDOMAIN",
-    4: "NOTIMP",
-    5: "REFUSED",
-    6: "YXDOMAIN",
-    7: "YXRRSET",
-    8: "NXRRSET",
-    9: "NOTAUTH",
-    10: "NOTZONE",
-    16: "BADVERS",
-}
+RCODES = wire.RCODE_NAMES
 
 
 class Outcomes:

@@ -324,7 +324,7 @@ class Server:
 
 
 def run(config: Config) -> int:
-    logs.setup(config.log_level)
+    logs.setup(config.log_level, config.log_format)
     log.info("globaldns starting: %s", config)
     server = Server(config)
     try:
