@@ -8,6 +8,10 @@ extra=${1:-}
 
 need_apt=()
 command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
+# Tests run scripts/bench.sh --quick, so the test setup needs dnsperf too.
+if [ "$extra" = "test" ]; then
+  command -v dnsperf >/dev/null 2>&1 || need_apt+=(dnsperf)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
