@@ -15,6 +15,8 @@ import random
 import secrets
 import socket
 import struct
+import time
+from bisect import bisect_left
 from collections.abc import Sequence
 
 from globaldns import wire
@@ -47,8 +49,7 @@ class Upstream:
         series = self.durations.get(rcode)
         if series is None:
             series = self.durations[rcode] = [0.0] * (len(TIME_BUCKETS) + 2)
-        quarter_ms = int(seconds * 4000)
-        series[quarter_ms.bit_length() if quarter_ms < 65536 else len(TIME_BUCKETS)] += 1
+        series[bisect_left(TIME_BUCKETS, seconds)] += 1  # the first bucket with seconds <= le; past the last: +Inf
         series[-1] += seconds
 
     @property
@@ -94,7 +95,7 @@ class Forwarder:
                 if remaining <= 0:
                     raise UpstreamError("; ".join(errors.values()) or "no upstream answered in time")
                 timeout = min(self.try_timeout, remaining)
-                started = loop.time()
+                started = time.perf_counter()  # uvloop's loop.time() has millisecond resolution
                 try:
                     if tcp:
                         reply = await self._tcp(upstream, query, question_end, timeout)
@@ -107,7 +108,7 @@ class Forwarder:
                     self._failed(upstream)
                     continue
                 upstream.fails = 0
-                upstream.observe(reply[3] & 0xF, loop.time() - started)
+                upstream.observe(reply[3] & 0xF, time.perf_counter() - started)
                 return reply
             if every_one_down:  # each has had its try (CoreDNS too gives up here): no spinning until the deadline
                 raise UpstreamError("; ".join(errors.values()))

@@ -69,9 +69,10 @@ class Counters:
         self.do_requests: defaultdict[int, int] = defaultdict(int)  # outcome -> count
 
     def count(self, result: int, qtype: int, request: int, reply: int, do: bool, nanoseconds: int) -> None:
-        """One reply; the resolver's hot path inlines exactly this. Time bucket k: up to 0.25 ms * 2**k."""
+        """One reply; the resolver's hot path inlines exactly this. Time bucket k: up to 0.25 ms * 2**k inclusive
+        (Prometheus `le`), so exactly 0.25 ms is in k=0; a measured duration is at least 1 ns."""
         slot = TYPE_SLOT[qtype]
-        self.replies[(result, slot, request, reply, (nanoseconds // 250_000).bit_length())] += 1
+        self.replies[(result, slot, request, reply, ((nanoseconds - 1) // 250_000).bit_length())] += 1
         self.nanoseconds[result << 5 | slot] += nanoseconds
         if do:
             self.do_requests[result] += 1

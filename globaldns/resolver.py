@@ -18,7 +18,7 @@ from globaldns import cache, metrics, wire
 from globaldns.errors import UpstreamError
 from globaldns.forward import Forwarder
 from globaldns.logs import query_line, warn_once
-from globaldns.metrics import PLUGIN, RCODES, TYPE_SLOT
+from globaldns.metrics import RCODES, TYPE_SLOT
 from globaldns.table import Answer, Table
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
 _NO_ADDITIONAL = b"\x00\x00"
 _ONE_ADDITIONAL = b"\x00\x01"
 _OPT_START = b"\x00\x00\x29"  # root owner, TYPE OPT
+_CLASS_IN = b"\x00\x01"
 _ALLOWED_MEMO = 4096  # client addresses whose --allow verdict is remembered
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -98,11 +99,22 @@ class Resolver:
             else:
                 return self._slow(query, addr, channel, started)
             key = query[12:end].lower()
-            found = self.table.answers.get(key)
+            table = self.table
+            found = table.answers.get(key)
             if found is None:
-                found = self.cache.get(cache.key(key[:-4], query[end - 4 : end], do, query[3] & 0x10))
-                if found is None or not self._may_forward(addr):
-                    return self._slow(query, addr, channel, started)
+                name = key[:-4]
+                if name.endswith(table.suffixes):  # maybe in a zone: NXDOMAIN, NODATA, wildcard
+                    if query[end - 2 : end] != _CLASS_IN:
+                        return self._slow(query, addr, channel, started)
+                    found = table.find(name, query[end - 4] << 8 | query[end - 3])
+                    if found is None:
+                        return self._slow(query, addr, channel, started)
+                else:
+                    if not self._may_forward(addr):  # before the cache, so a refused client counts no cache hit
+                        return self._slow(query, addr, channel, started)
+                    found = self.cache.get(cache.key(name, query[end - 4 : end], do, query[3] & 0x10))
+                    if found is None:
+                        return self._slow(query, addr, channel, started)
             return self._splice(query, end, found, edns, do, udp_size, channel, started)
         return self._slow(query, addr, channel, started)
 
@@ -132,7 +144,7 @@ class Resolver:
         if counters is not None:  # metrics.Counters.count, inlined: this is the hot path
             slot = TYPE_SLOT[query[end - 4] << 8 | query[end - 3]]
             nanoseconds = perf_counter_ns() - started
-            counters.replies[(result, slot, len(query), len(reply), (nanoseconds // 250_000).bit_length())] += 1
+            counters.replies[(result, slot, len(query), len(reply), ((nanoseconds - 1) // 250_000).bit_length())] += 1
             counters.nanoseconds[result << 5 | slot] += nanoseconds
             if do:
                 counters.do_requests[result] += 1
@@ -172,16 +184,8 @@ class Resolver:
         edns = question.udp_size > 0
         if question.qclass != wire.IN:
             return self._error(query, wire.REFUSED, question.end, edns, channel, started, do=question.do)
-        table = self.table
-        located = table.zone_of(question.name, question.labels)
-        if located is not None:
-            zone, apex = located
-            if not table.synced:
-                zone_label = zone.name + "."
-                return self._error(
-                    query, wire.SERVFAIL, question.end, edns, channel, started, zone_label, PLUGIN, question.do
-                )
-            found = table.lookup(question.name, question.labels, question.qtype, zone, apex)
+        found = self.table.find(question.name, question.qtype)
+        if found is not None:  # in a zone (SERVFAIL for every name before the first table)
             return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel, started)
         if self.forwarder is None:
             return self._error(query, wire.REFUSED, question.end, edns, channel, started, do=question.do)

@@ -71,24 +71,39 @@ class Table:
     conflicts: list[str] = field(default_factory=list)
     synced: bool = False
     serial: int = 0
+    suffixes: tuple[bytes, ...] = ()  # the zones' wire names: bytes.endswith() rules out most names at once
 
-    def zone_of(self, name: bytes, labels: tuple[int, ...]) -> tuple[Zone, int] | None:
-        """The longest served zone containing the wire name, and the index of its first label in `labels`."""
-        for index, offset in enumerate(labels):
-            zone = self.zones.get(name[offset:])
+    def find(self, name: bytes, qtype: int) -> Answer | None:
+        """The answer for a lower-cased wire name, or None if it is in no zone (or is not a well-formed name).
+
+        Exact name, then an existing name's NODATA, then the longest wildcard, else the zone's NXDOMAIN.
+        One walk over the labels: this runs for every miss, and search-path misses are a hot path too.
+        """
+        offsets = []
+        offset, last = 0, len(name) - 1
+        while offset < last:
+            length = name[offset]
+            if length > 63:
+                return None
+            offsets.append(offset)
+            offset += length + 1
+        if offset != last:
+            return None
+        zones = self.zones
+        for index, start in enumerate(offsets):  # noqa: B007 (index is used after the loop)
+            zone = zones.get(name[start:])
             if zone is not None:
-                return zone, index
-        return None
-
-    def lookup(self, name: bytes, labels: tuple[int, ...], qtype: int, zone: Zone, apex: int) -> Answer:
-        """The answer for an in-zone name: exact, then an existing name's NODATA, then the longest wildcard."""
+                break
+        else:
+            return None
         found = self.answers.get(key(name, qtype)) or self.names.get(name)
         if found is not None:
             return found
-        for offset in labels[1 : apex + 1]:
-            wildcard = self.wildcards.get(name[offset:])
-            if wildcard is not None:
-                return wildcard.get(qtype, zone.nodata)
+        if self.wildcards:
+            for start in offsets[1 : index + 1]:
+                wildcard = self.wildcards.get(name[start:])
+                if wildcard is not None:
+                    return wildcard.get(qtype, zone.nodata)
         return zone.nxdomain
 
 
@@ -105,15 +120,15 @@ def compile(
 ) -> Table:
     """Build a table; hosts outside every zone are ignored, a contested host goes to the oldest entry.
 
-    synced=False is the table before the first snapshot: it knows the zones, and the resolver answers
-    SERVFAIL for names in them.
+    synced=False is the table before the first snapshot: every name in a zone answers SERVFAIL.
     """
     table = Table(synced=synced, serial=serial)
-    zone_by_name = {zone: _zone(zone, ttl, serial, recursion) for zone in sorted(zones, key=len, reverse=True)}
+    zone_by_name = {zone: _zone(zone, ttl, serial, recursion, synced) for zone in sorted(zones, key=len, reverse=True)}
     for zone in zone_by_name.values():
         table.zones[zone.wire_name] = zone
+    table.suffixes = tuple(zone_by_name[zone].wire_name for zone in zone_by_name)
     if not synced:
-        return table  # zones only: no precomputed answer (not even the apex SOA) bypasses the SERVFAIL
+        return table  # zones only, whose every answer is SERVFAIL: nothing precomputed bypasses it
     table.hosts = _resolve_hosts(entries, zone_by_name, default_addresses, auto_allocate, table.conflicts)
 
     for host in table.hosts.values():
@@ -237,11 +252,21 @@ class _NoCompression(dict):
         return None
 
 
-def _zone(zone: str, ttl: int, serial: int, recursion: bool) -> Zone:
-    """A zone's negative answers: NXDOMAIN and NODATA, each with the SOA in authority (RFC 2308)."""
+def _zone(zone: str, ttl: int, serial: int, recursion: bool, synced: bool = True) -> Zone:
+    """A zone's negative answers: NXDOMAIN and NODATA, each with the SOA in authority (RFC 2308).
+
+    Before the first snapshot both are SERVFAIL: nothing is known yet, so nothing is denied.
+    """
     soa_ttl = min(ttl, SOA_MAX_TTL)
     authority = _pack(RR(f"{zone}.", QTYPE.SOA, ttl=soa_ttl, rdata=_soa(zone, ttl, serial)))
     label = zone + "."
+    if not synced:
+        failure = (
+            wire.reply_heads(wire.SERVFAIL, 0, 0, recursion, aa=False),
+            (b"",),
+            metrics.outcome(label, wire.SERVFAIL, metrics.PLUGIN),
+        )
+        return Zone(name=zone, wire_name=to_wire(zone), nxdomain=failure, nodata=failure)
     return Zone(
         name=zone,
         wire_name=to_wire(zone),
