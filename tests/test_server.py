@@ -15,7 +15,7 @@ import uvloop
 from globaldns.config import Config, Endpoint
 from globaldns.server import Server
 from globaldns.serviceentry import ServiceEntry
-from globaldns.sources import Publish, Snapshot
+from globaldns.sources import Publish, Snapshot, SourceStats
 
 LOOPBACK = Endpoint("127.0.0.1", 0)
 HTTPBIN = ServiceEntry.from_dict(
@@ -36,11 +36,13 @@ class ManualSource:
     def __init__(self) -> None:
         self.go = asyncio.Event()
         self.fail = False
+        self.stats = SourceStats()  # read by the metrics collector
 
     async def run(self, publish: Publish) -> None:
         await self.go.wait()
         if self.fail:
             raise RuntimeError("source broke")
+        self.stats.syncs_ok += 1
         publish(Snapshot((HTTPBIN,)))
         await asyncio.Event().wait()
 
@@ -146,3 +148,53 @@ def test_tcp_connection_bound():
                 await open_writer.wait_closed()
 
     assert run_server(test, tcp_max_connections=2) == 0
+
+
+async def http_request(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and the exact body bytes of one request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    response = await reader.read()
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), headers, body
+
+
+def test_probes_answer_head_refuse_other_methods_and_unknown_paths():
+    async def test(server: Server, source: ManualSource) -> None:
+        health, ready = server.http_ports["--health"], server.http_ports["--ready"]
+        status, headers, body = await http_request(ready, "HEAD", "/ready")
+        assert (status, headers["Content-Length"], body) == (503, "30", b"")  # "ServiceEntries not loaded yet\n"
+        source.go.set()
+        await asyncio.wait_for(server.loaded.wait(), 5)
+        status, headers, body = await http_request(ready, "HEAD", "/ready")
+        assert (status, headers["Content-Length"], headers["Content-Type"], body) == (
+            200,
+            "2",
+            "text/plain; charset=utf-8",
+            b"",
+        )
+        assert await http_request(health, "GET", "/health") == (
+            200,
+            {"Content-Type": "text/plain; charset=utf-8", "Content-Length": "2", "Connection": "close"},
+            b"OK",
+        )
+        for method in ("POST", "PUT", "DELETE"):
+            assert (await http_request(health, method, "/health"))[0::2] == (405, b"method not allowed\n")
+        assert (await http_request(ready, "POST", "/ready"))[0::2] == (405, b"method not allowed\n")
+        for port, path in (
+            (health, "/nope"),
+            (health, "/ready"),
+            (ready, "/health"),
+            (ready, "/ready/x"),
+            (health, "/"),
+        ):
+            assert (await http_request(port, "GET", path))[0::2] == (404, b"not found\n")
+        assert (await http_request(ready, "GET", "/ready?verbose=1"))[0::2] == (200, b"OK")  # a query string is ignored
+        server.request_stop()
+        assert (await http_request(ready, "GET", "/ready"))[0::2] == (503, b"shutting down\n")
+        assert (await http_request(health, "GET", "/health"))[0::2] == (200, b"OK")  # lameduck: alive
+
+    assert run_server(test, lameduck=1.0) == 0

@@ -7,6 +7,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,11 +27,28 @@ _DNS_PORT = re.compile(r"serving DNS on 127\.0\.0\.1:(\d+)")
 _HTTP_PORT = re.compile(r"(health|ready|metrics) on http://127\.0\.0\.1:(\d+)")
 
 
+def exchange(port: int, query: bytes, tcp: bool = False) -> bytes:
+    """Send wire bytes to 127.0.0.1:port and return the reply's exact bytes (without the TCP length prefix)."""
+    if not tcp:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(2)
+            sock.sendto(query, ("127.0.0.1", port))
+            return sock.recv(65535)
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(len(query).to_bytes(2) + query)
+        with sock.makefile("rb") as stream:
+            size = int.from_bytes(stream.read(2))
+            reply = stream.read(size)
+        assert len(reply) == size, "connection closed mid-reply"
+        return reply
+
+
 class ServerProcess:
     """`python -m globaldns serve ...` with its stderr collected line by line, so tests wait on log lines."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        """Forwarding is off (`--upstream none`) unless the test names an upstream."""
+    def __init__(self, *args: str, env: dict[str, str] | None = None, loaded: bool = True) -> None:
+        """Forwarding is off (`--upstream none`) unless the test names an upstream; `loaded=False` returns once
+        the server listens, without waiting for its first table."""
         if "--upstream" not in args:
             args = ("--upstream", "none", *args)
         command = [
@@ -59,7 +77,8 @@ class ServerProcess:
         self._reader.start()
         self.port = int(self.wait_for(_DNS_PORT).group(1))
         self.wait_for("ready on")
-        self.wait_for(r"serving \d+ names")
+        if loaded:
+            self.wait_for(r"serving \d+ names")
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -137,8 +156,8 @@ def start_server() -> Iterator[type[ServerProcess]]:
     """Start servers with `start_server(*args)`; every one is stopped after the test."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(*args, env=env)
+    def start(*args: str, env: dict[str, str] | None = None, loaded: bool = True) -> ServerProcess:
+        server = ServerProcess(*args, env=env, loaded=loaded)
         started.append(server)
         return server
 

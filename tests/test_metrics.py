@@ -1,0 +1,426 @@
+"""Metrics: outcome interning, time buckets (inclusive `le`), type slots, server labels, and a live server's registry
+read with get_sample_value: exact counts, SERVFAIL before the first table, panics, refused clients, counting off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import sys
+import threading
+from types import SimpleNamespace
+
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+from prometheus_client import CollectorRegistry
+
+from globaldns import cache, resolver, table, wire
+from globaldns.config import Endpoint
+from globaldns.forward import Forwarder
+from globaldns.metrics import (
+    PLUGIN,
+    TIME_BUCKETS,
+    TYPE_LABELS,
+    TYPE_SLOT,
+    Counters,
+    DNSCollector,
+    Outcomes,
+    outcome,
+    server_label,
+)
+from globaldns.server import Server
+from globaldns.sources import SourceStats
+from tests.fakes.upstream import Upstream
+from tests.integration.conftest import exchange
+from tests.test_server import ManualSource, http_get, run_server
+
+S = "dns://:53"
+TIME_LE = ["0.00025", "0.0005", "0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256",
+           "0.512", "1.024", "2.048", "4.096", "8.192", "+Inf"]  # fmt: skip
+# CoreDNS's plugin/metrics/vars/monitor.go: every type counted by name; the rest are "other"
+COREDNS_TYPES = {1: "A", 28: "AAAA", 5: "CNAME", 48: "DNSKEY", 43: "DS", 15: "MX", 50: "NSEC3", 47: "NSEC", 2: "NS",
+                 12: "PTR", 46: "RRSIG", 6: "SOA", 33: "SRV", 16: "TXT", 65: "HTTPS", 251: "IXFR", 252: "AXFR",
+                 255: "ANY"}  # fmt: skip
+
+
+def registry_of(*counters: Counters, answers: resolver.Resolver | None = None) -> CollectorRegistry:
+    """A registry whose DNSCollector reads these counters (and this resolver), like a server's."""
+    server = SimpleNamespace(
+        counters=list(counters),
+        resolver=answers or resolver.Resolver(table.compile((), ["global"], ttl=30, serial=1)),
+        server_labels=[S],
+        snapshot=None,
+        source=SimpleNamespace(name="manual", stats=SourceStats()),
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DNSCollector(server))  # type: ignore[arg-type]
+    return registry
+
+
+# -- outcomes --------------------------------------------------------------------------------------------------
+
+
+def test_outcomes_intern_each_tuple_once():
+    outcomes = Outcomes()
+    noerror = outcomes("global.", wire.NOERROR, "globaldns")
+    nxdomain = outcomes("global.", wire.NXDOMAIN, "globaldns")
+    cached = outcomes(".", wire.NOERROR, "cache")
+    assert outcomes("global.", wire.NOERROR, "globaldns") == noerror
+    assert len({noerror, nxdomain, cached}) == 3
+    assert outcomes.labels == [("global.", "NOERROR", "globaldns"), ("global.", "NXDOMAIN", "globaldns"),
+                               (".", "NOERROR", "cache")]  # fmt: skip
+    assert outcomes.labels[outcomes("dropped", 23, "")] == ("dropped", "23", "")  # an rcode without a name
+
+
+def test_outcomes_interned_from_many_threads_agree():
+    outcomes = Outcomes()
+    keys = [(f"z{i % 7}.", i % 6, f"p{i % 5}") for i in range(210)]  # 210 distinct (7, 6, 5 are coprime)
+    results: list[dict] = [{} for _ in range(8)]
+    barrier = threading.Barrier(8)
+
+    def intern(n: int) -> None:
+        order = keys[n * 26 :] + keys[: n * 26]  # each thread starts elsewhere, so new keys race
+        barrier.wait()
+        results[n] = {key: outcomes(*key) for key in order}
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=intern, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert all(result == results[0] for result in results)
+    assert sorted(results[0].values()) == list(range(210))
+    for (zone, rcode, plugin), index in results[0].items():
+        assert outcomes.labels[index] == (zone, wire.RCODE_NAMES[rcode], plugin)
+
+
+# -- time buckets ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("nanoseconds", "le"),
+    [
+        (1, "0.00025"),
+        (250_000, "0.00025"),
+        (250_001, "0.0005"),
+        (500_000, "0.0005"),
+        (500_001, "0.001"),
+        (1_000_000, "0.001"),
+        (1_000_001, "0.002"),
+        (4_096_000_000, "4.096"),
+        (4_096_000_001, "8.192"),
+        (8_192_000_000, "8.192"),
+        (8_192_000_001, "+Inf"),
+        (60_000_000_000, "+Inf"),
+    ],
+)
+def test_duration_buckets_are_inclusive_upper_bounds(nanoseconds: int, le: str):
+    counters = Counters(S, "udp", 1)
+    counters.count(outcome("global.", wire.NOERROR, PLUGIN), wire.A, 40, 56, False, nanoseconds)
+    registry = registry_of(counters)
+    series = {"server": S, "zone": "global.", "view": "", "type": "A"}
+    buckets = [
+        registry.get_sample_value("coredns_dns_request_duration_seconds_bucket", series | {"le": b}) for b in TIME_LE
+    ]
+    first = TIME_LE.index(le)
+    assert buckets == [0.0] * first + [1.0] * (len(TIME_LE) - first)
+    assert registry.get_sample_value("coredns_dns_request_duration_seconds_count", series) == 1
+    assert registry.get_sample_value("coredns_dns_request_duration_seconds_sum", series) == nanoseconds / 1e9
+
+
+def test_the_resolvers_inlined_count_buckets_alike(monkeypatch):
+    """The hot path inlines Counters.count: a zone answer taking exactly 0.25 ms is in le=0.00025, not above."""
+    answers = resolver.Resolver(table.compile((), ["global"], ttl=30, serial=1))
+    counters = Counters(S, "udp", 1)
+    clock = iter([1_000_000, 1_250_000, 2_000_000, 2_250_001])
+    monkeypatch.setattr(resolver, "perf_counter_ns", clock.__next__)
+    query = dns.message.make_query("nope.global", "A").to_wire()
+    for _ in range(2):
+        answers.answer(query, ("127.0.0.1", 5353), SimpleNamespace(tcp=False, counters=counters))
+    registry = registry_of(counters, answers=answers)
+    series = {"server": S, "zone": "global.", "view": "", "type": "A"}
+    bucket = "coredns_dns_request_duration_seconds_bucket"
+    assert registry.get_sample_value(bucket, series | {"le": "0.00025"}) == 1
+    assert registry.get_sample_value(bucket, series | {"le": "0.0005"}) == 2
+    assert registry.get_sample_value("coredns_dns_request_duration_seconds_sum", series) == 0.000500001
+
+
+@pytest.mark.parametrize(
+    ("seconds", "le"),
+    [(0.0, "0.00025"), (0.00025, "0.00025"), (0.000250001, "0.0005"), (0.0015, "0.002"), (8.192, "8.192"),
+     (8.193, "+Inf")],
+)  # fmt: skip
+def test_proxy_duration_buckets_are_inclusive_upper_bounds(seconds: float, le: str):
+    forwarder = Forwarder([Endpoint("192.0.2.53", 53)])
+    forwarder.upstreams[0].observe(wire.NOERROR, seconds)
+    registry = registry_of(answers=resolver.Resolver(table.compile((), ["global"], ttl=30, serial=1), forwarder))
+    series = {"proxy_name": "forward", "to": "192.0.2.53:53", "rcode": "NOERROR"}
+    name = "coredns_proxy_request_duration_seconds_bucket"
+    buckets = [registry.get_sample_value(name, series | {"le": bound}) for bound in TIME_LE]
+    first = TIME_LE.index(le)
+    assert buckets == [0.0] * first + [1.0] * (len(TIME_LE) - first)
+    assert registry.get_sample_value("coredns_proxy_request_duration_seconds_sum", series) == seconds
+
+
+def test_time_buckets_are_corednss():
+    assert [repr(bound) for bound in TIME_BUCKETS] == TIME_LE[:-1]
+
+
+# -- type slots and server labels ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "name"), sorted(COREDNS_TYPES.items()), ids=sorted(COREDNS_TYPES.values()))
+def test_coredns_types_are_counted_by_name(code: int, name: str):
+    assert TYPE_LABELS[TYPE_SLOT[code]] == name
+
+
+@pytest.mark.parametrize("code", [0, 35, 41, 64, 99, 257, 32768, 65535], ids=lambda code: f"TYPE{code}")
+def test_other_types_are_other(code: int):
+    assert TYPE_LABELS[TYPE_SLOT[code]] == "other"
+
+
+def test_only_corednss_types_have_a_slot_of_their_own():
+    assert {code for code in range(65536) if TYPE_SLOT[code]} == set(COREDNS_TYPES)
+    assert len(set(TYPE_LABELS)) == len(TYPE_LABELS) == len(COREDNS_TYPES) + 1
+
+
+def test_an_unlisted_type_is_counted_as_other():
+    counters = Counters(S, "tcp", 2)
+    naptr = outcome("global.", wire.NOERROR, PLUGIN)
+    counters.count(naptr, 35, 40, 90, False, 1000)
+    counters.count(naptr, 257, 40, 90, False, 1000)
+    value = registry_of(counters).get_sample_value
+    labels = {"server": S, "zone": "global.", "view": "", "proto": "tcp", "family": "2"}
+    assert value("coredns_dns_requests_total", labels | {"type": "other"}) == 2
+    assert value("coredns_dns_requests_total", labels | {"type": "A"}) is None
+
+
+def test_identical_replies_share_a_key_and_count_every_byte_and_do_bit():
+    counters = Counters(S, "udp", 1)
+    refused = outcome(".", wire.REFUSED, "")
+    for _ in range(3):
+        counters.count(refused, wire.AAAA, 120, 132, True, 1000)
+    counters.count(refused, wire.AAAA, 29, 29, False, 1000)
+    assert len(counters.replies) == 2
+    value = registry_of(counters).get_sample_value
+    series = {"server": S, "zone": ".", "view": "", "proto": "udp"}
+    assert value("coredns_dns_request_size_bytes_sum", series) == 3 * 120 + 29
+    assert value("coredns_dns_response_size_bytes_sum", series) == 3 * 132 + 29
+    assert value("coredns_dns_request_size_bytes_bucket", series | {"le": "100.0"}) == 1
+    assert value("coredns_dns_response_size_bytes_bucket", series | {"le": "200.0"}) == 4
+    assert value("coredns_dns_response_size_bytes_count", series) == 4
+    assert value("coredns_dns_do_requests_total", {"server": S, "view": "", "zone": "."}) == 3
+    assert (
+        value("coredns_dns_responses_total", {"server": S, "zone": ".", "view": "", "rcode": "REFUSED", "plugin": ""})
+        == 4
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "label"),
+    [
+        ("0.0.0.0", 53, "dns://:53"),
+        ("::", 53, "dns://:53"),
+        ("127.0.0.1", 1053, "dns://127.0.0.1:1053"),
+        ("10.1.2.3", 53, "dns://10.1.2.3:53"),
+        ("::1", 53, "dns://[::1]:53"),
+        ("fd00::53", 5353, "dns://[fd00::53]:5353"),
+    ],
+)
+def test_server_label(host: str, port: int, label: str):
+    assert server_label(host, port) == label
+
+
+# -- a resolver and a live server ------------------------------------------------------------------------------
+
+
+def cached_reply(name: str, address: str) -> wire.ReplyParts:
+    query = dns.message.make_query(name, "A")
+    response = dns.message.make_response(query)
+    response.answer.append(dns.rrset.from_text(name, 300, "IN", "A", address))
+    return wire.split_reply(response.to_wire(), len(query.to_wire()))
+
+
+def test_a_client_outside_allow_is_refused_under_the_root_zone_without_a_cache_hit():
+    answers = cache.Cache(10)
+    answers.put(
+        cache.key(b"\x07example\x03com\x00", b"\x00\x01\x00\x01", False, False),
+        cached_reply("example.com.", "192.0.2.1"),
+    )
+    forwarder = Forwarder([Endpoint("192.0.2.53", 53)])
+    allow = [ipaddress.ip_network("10.0.0.0/8")]
+    answering = resolver.Resolver(table.compile((), ["global"], ttl=30, serial=1), forwarder, answers, allow)
+    counters = Counters(S, "udp", 1)
+    channel = SimpleNamespace(tcp=False, counters=counters)
+    query = dns.message.make_query("example.com", "A").to_wire()
+    refused = answering.answer(query, ("127.0.0.1", 5353), channel)
+    assert refused is not None and refused[3] & 0xF == wire.REFUSED
+    assert answers.hits_success == 0
+    served = answering.answer(query, ("10.1.2.3", 5353), channel)
+    assert served is not None and dns.message.from_wire(served).answer[0][0].address == "192.0.2.1"
+    value = registry_of(counters, answers=answering).get_sample_value
+    responses = {"server": S, "zone": ".", "view": ""}
+    assert value("coredns_dns_responses_total", responses | {"rcode": "REFUSED", "plugin": ""}) == 1
+    assert value("coredns_dns_responses_total", responses | {"rcode": "NOERROR", "plugin": "cache"}) == 1
+    base = {"server": S, "zones": ".", "view": ""}
+    assert value("coredns_cache_hits_total", base | {"type": "success"}) == 1
+    assert value("coredns_cache_requests_total", base) == 1
+
+
+async def send(
+    server: Server, name: str, rdtype: str = "A", tcp: bool = False, **kwargs: object
+) -> tuple[bytes, bytes]:
+    """(query, reply) wire bytes; the blocking exchange runs in a thread so the server's loop keeps serving."""
+    query = dns.message.make_query(name, rdtype, **kwargs).to_wire()  # type: ignore[arg-type]
+    return query, await asyncio.to_thread(exchange, server.dns_ports[0], query, tcp)
+
+
+def test_live_server_counts_exactly():
+    async def test(server: Server, source: ManualSource) -> None:
+        value = server.registry.get_sample_value
+        before = await send(server, "httpbin.bar.global")  # no table yet
+        assert before[1][3] & 0xF == wire.SERVFAIL
+        source.go.set()
+        await asyncio.wait_for(server.loaded.wait(), 5)
+        udp = [before, await send(server, "httpbin.bar.global"), await send(server, "HTTPBIN.bar.global", "AAAA")]
+        udp += [await send(server, "nope.global"), await send(server, "example.com")]
+        tcp = [await send(server, "httpbin.bar.global", tcp=True, want_dnssec=True)]
+        label = f"dns://127.0.0.1:{server.dns_ports[0]}"
+        requests = {"server": label, "view": "", "family": "1"}
+        assert value("coredns_dns_requests_total", requests | {"zone": "global.", "proto": "udp", "type": "A"}) == 3
+        assert value("coredns_dns_requests_total", requests | {"zone": "global.", "proto": "udp", "type": "AAAA"}) == 1
+        assert value("coredns_dns_requests_total", requests | {"zone": "dropped", "proto": "udp", "type": "A"}) == 1
+        assert value("coredns_dns_requests_total", requests | {"zone": "global.", "proto": "tcp", "type": "A"}) == 1
+        responses = {
+            (zone, rcode, plugin): value(
+                "coredns_dns_responses_total",
+                {"server": label, "view": "", "zone": zone, "rcode": rcode, "plugin": plugin},
+            )
+            for zone, rcode, plugin in [
+                ("global.", "SERVFAIL", "globaldns"),  # before the first table
+                ("global.", "NOERROR", "globaldns"),
+                ("global.", "NXDOMAIN", "globaldns"),
+                ("dropped", "REFUSED", ""),  # forwarding off
+                (".", "REFUSED", ""),
+            ]
+        }
+        assert responses == {
+            ("global.", "SERVFAIL", "globaldns"): 1,
+            ("global.", "NOERROR", "globaldns"): 3,
+            ("global.", "NXDOMAIN", "globaldns"): 1,
+            ("dropped", "REFUSED", ""): 1,
+            (".", "REFUSED", ""): None,
+        }
+        assert value("coredns_dns_do_requests_total", {"server": label, "view": "", "zone": "global."}) == 1
+        sizes = {"server": label, "view": ""}
+        for proto, sent, zones in (("udp", udp, ["global."] * 4 + ["dropped"]), ("tcp", tcp, ["global."])):
+            for zone in set(zones):
+                mine = [pair for pair, its_zone in zip(sent, zones, strict=True) if its_zone == zone]
+                series = sizes | {"zone": zone, "proto": proto}
+                assert value("coredns_dns_request_size_bytes_count", series) == len(mine)
+                assert value("coredns_dns_request_size_bytes_sum", series) == sum(len(q) for q, _ in mine)
+                assert value("coredns_dns_response_size_bytes_sum", series) == sum(len(r) for _, r in mine)
+        duration = {"server": label, "view": "", "zone": "global.", "type": "A"}
+        assert value("coredns_dns_request_duration_seconds_count", duration) == 4
+        assert value("coredns_dns_request_duration_seconds_bucket", duration | {"le": "+Inf"}) == 4
+        assert value("coredns_panics_total") == 0
+        assert value("coredns_cache_requests_total", {"server": label, "zones": ".", "view": ""}) == 0
+        assert value("globaldns_serviceentries", {"state": "valid"}) == 1
+        assert value("globaldns_names") == 1
+        assert value("globaldns_source_syncs_total", {"source": "manual", "result": "success"}) == 1
+        status, text = await http_get(server.http_ports["--metrics"], "/metrics")
+        assert status == 200 and 'coredns_dns_do_requests_total{server="' + label in text
+
+    assert run_server(test) == 0
+
+
+class BrokenTable(table.Table):
+    """A table whose lookup of names without a precomputed answer has a bug."""
+
+    __slots__ = ()
+
+    def find(self, name: bytes, qtype: int) -> table.Answer | None:
+        raise RuntimeError("table bug")
+
+
+def test_an_exception_while_answering_is_servfail_and_a_panic():
+    async def test(server: Server, source: ManualSource) -> None:
+        source.go.set()
+        await asyncio.wait_for(server.loaded.wait(), 5)
+        compiled = server.resolver.table
+        fields = {field.name: getattr(compiled, field.name) for field in dataclasses.fields(compiled)}
+        server.resolver.table = BrokenTable(**fields)
+        for tcp in (False, True):
+            _, reply = await send(server, "nope.global", tcp=tcp)  # find() raises
+            assert dns.message.from_wire(reply).rcode() == dns.rcode.SERVFAIL
+        _, reply = await send(server, "httpbin.bar.global")  # exact names never reach find(): still served
+        assert dns.message.from_wire(reply).rcode() == dns.rcode.NOERROR
+        label = f"dns://127.0.0.1:{server.dns_ports[0]}"
+        value = server.registry.get_sample_value
+        assert value("coredns_panics_total") == 2
+        servfail = {"server": label, "zone": "dropped", "view": "", "rcode": "SERVFAIL", "plugin": ""}
+        assert value("coredns_dns_responses_total", servfail) == 2
+        for proto in ("udp", "tcp"):
+            requests = {"server": label, "zone": "dropped", "view": "", "proto": proto, "family": "1", "type": "other"}
+            assert value("coredns_dns_requests_total", requests) == 1
+
+    assert run_server(test) == 0
+
+
+def test_metrics_none_counts_nothing_and_serves_no_metrics():
+    async def test(server: Server, source: ManualSource) -> None:
+        source.go.set()
+        await asyncio.wait_for(server.loaded.wait(), 5)
+        for tcp in (False, True):
+            _, reply = await send(server, "httpbin.bar.global", tcp=tcp)
+            assert dns.message.from_wire(reply).answer[0][0].address == "240.0.0.2"
+        assert server.counters == []
+        assert "--metrics" not in server.http_ports
+        for port in server.http_ports.values():
+            assert (await http_get(port, "/metrics"))[0] == 404
+            assert (await http_get(port, "/table"))[0] == 404
+        series = {"server": f"dns://127.0.0.1:{server.dns_ports[0]}", "zone": "global.", "view": ""}
+        labels = series | {"proto": "udp", "family": "1", "type": "A"}
+        assert server.registry.get_sample_value("coredns_dns_requests_total", labels) is None
+
+    assert run_server(test, metrics=None) == 0
+
+
+def test_metrics_on_counts_per_listener_and_transport():
+    async def test(server: Server, source: ManualSource) -> None:
+        label = f"dns://127.0.0.1:{server.dns_ports[0]}"
+        assert sorted((c.server, c.proto, c.family) for c in server.counters) == [
+            (label, "tcp", "1"),
+            (label, "udp", "1"),
+        ]
+        assert server.server_labels == [label]
+
+    assert run_server(test) == 0
+
+
+def test_proxy_durations_have_sub_millisecond_resolution():
+    """uvloop's loop.time() ticks in whole milliseconds: forwarded exchanges are timed with perf_counter."""
+    with Upstream() as upstream:
+
+        async def test(server: Server, source: ManualSource) -> None:
+            for name in ("a.example.com", "b.example.com", "c.example.com"):
+                _, reply = await send(server, name)
+                assert dns.message.from_wire(reply).answer[0][0].address == "192.0.2.1"
+            series = {"proxy_name": "forward", "to": f"127.0.0.1:{upstream.port}", "rcode": "NOERROR"}
+            value = server.registry.get_sample_value
+            assert value("coredns_proxy_request_duration_seconds_count", series) == 3
+            total = value("coredns_proxy_request_duration_seconds_sum", series)
+            assert total is not None and 0 < total < 2
+            assert abs(total * 1000 - round(total * 1000)) > 1e-6  # not a whole number of milliseconds
+            dns_series = {"server": f"dns://127.0.0.1:{server.dns_ports[0]}", "zone": ".", "view": "", "type": "A"}
+            assert total <= value("coredns_dns_request_duration_seconds_sum", dns_series)
+
+        assert run_server(test, upstream=(Endpoint("127.0.0.1", upstream.port),)) == 0
