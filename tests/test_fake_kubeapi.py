@@ -496,6 +496,16 @@ def test_fail_next_then_success(api, objects_api):
     assert (caught.value.status, caught.value.headers["Retry-After"]) == (503, "0")
 
 
+def test_clear_faults_ends_an_outage(api, objects_api):
+    seed(api)
+    api.fail_next(500, count=1000)
+    with pytest.raises(ApiException):
+        list_all(objects_api)
+    assert api.clear_faults() == 999
+    assert len(list_all(objects_api)["items"]) == 5
+    assert api.clear_faults() == 0
+
+
 def test_drop_streams_breaks_the_client_stream(api, objects_api):
     rv = str(api.resource_version)
     w = watch.Watch()

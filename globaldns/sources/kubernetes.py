@@ -50,15 +50,22 @@ class WatchSettings:
     backoff_max: float = 30.0
 
 
+def _configuration() -> client.Configuration:
+    """No urllib3 retries: they would retry a dead connection three times, silently, before our backoff."""
+    configuration = client.Configuration()
+    configuration.retries = False
+    return configuration
+
+
 def api_client(kubeconfig: str | None) -> client.ApiClient:
     """In-cluster service account, else --kubeconfig / $KUBECONFIG / ~/.kube/config; ConfigError says what was tried."""
     if kubeconfig is not None:
         try:
-            return config.new_client_from_config(config_file=kubeconfig)
+            return config.new_client_from_config(config_file=kubeconfig, client_configuration=_configuration())
         except (ConfigException, OSError, ValueError, TypeError) as error:
             raise ConfigError(f"--kubeconfig {kubeconfig}: {error}") from error
     tried = []
-    configuration = client.Configuration()
+    configuration = _configuration()
     try:
         config.load_incluster_config(client_configuration=configuration)
         return client.ApiClient(configuration)
@@ -66,7 +73,7 @@ def api_client(kubeconfig: str | None) -> client.ApiClient:
         tried.append(f"in-cluster service account ({error})")
     path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     try:
-        return config.new_client_from_config(config_file=path)
+        return config.new_client_from_config(config_file=path, client_configuration=_configuration())
     except (ConfigException, OSError, ValueError, TypeError) as error:
         tried.append(f"kubeconfig {path} ({error})")
     raise ConfigError(
@@ -130,6 +137,7 @@ class Reflector:
         self.synced = False
         self.stopping = threading.Event()
         self._response: Any = None  # the open watch response, which stop() and relist() cut
+        self.resume: tuple[str, str] | None = None  # (version, resourceVersion) to watch from
         self._relist = False
         self._failing = False  # in a failure streak: warned once, and "connected again" is owed
 
@@ -143,6 +151,8 @@ class Reflector:
                 if self.stopping.is_set():
                     return  # stop() cut the stream: not a failure
                 self._failed(error)
+                if backoff.failures >= 2:
+                    self.resume = None  # resuming keeps failing (a deleted CRD?): discover and list again
                 self.stopping.wait(backoff.next())
 
     def _failed(self, error: BaseException) -> None:
@@ -177,15 +187,20 @@ class Reflector:
 
     # -- layer 2: list, then watch until 410 ----------------------------------------------------
     def list_and_watch(self, backoff: Backoff) -> None:
-        self._relist = False
-        timeout = (self.settings.connect_timeout, self.settings.inactivity_timeout)
-        version = served_version(self.api, timeout)
-        resource_version = self.list(version)
+        """List (first time, after 410, on SIGHUP), else resume watching where the last watch broke off."""
+        if self.resume is None or self._relist:
+            self._relist = False
+            self.resume = None  # until this list succeeds: a failed relist is retried, never skipped
+            timeout = (self.settings.connect_timeout, self.settings.inactivity_timeout)
+            version = served_version(self.api, timeout)
+            self.resume = (version, self.list(version))
+        version, resource_version = self.resume
         while not self.stopping.is_set() and not self._relist:
             try:
                 resource_version = self.watch_once(version, resource_version, backoff)
             except Gone:
                 log.info("kubernetes %s: resourceVersion %s expired; listing again", self.scope, resource_version)
+                self.resume = None
                 return
 
     def list(self, version: str) -> str:
@@ -251,6 +266,7 @@ class Reflector:
             )
             for event in events:
                 resource_version = self._apply(event) or resource_version
+                self.resume = (version, resource_version)  # a dropped stream resumes from here, no relist
         except ApiException as error:
             if error.status == 410:
                 raise Gone from error

@@ -636,6 +636,13 @@ class KubeAPI:
         with self._cond:
             self._faults.append(_Fault(status, count, path_contains, retry_after))
 
+    def clear_faults(self) -> int:
+        """Forget every pending fail_next() (the API is back); returns how many failures were still pending."""
+        with self._cond:
+            pending = sum(fault.count for fault in self._faults)
+            self._faults.clear()
+            return pending
+
     def drop_streams(self, timeout: float = 5.0) -> int:
         """Close every open watch connection abruptly (no terminating chunk), hung ones included, and wait until
         they are closed. Returns how many were dropped."""

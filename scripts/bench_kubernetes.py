@@ -1,0 +1,235 @@
+"""Benchmark the Kubernetes source end to end: startup with N ServiceEntries, memory, and change latency.
+
+For each size N: a fake API server (tests/fakes/kubeapi.py) holds N ServiceEntries (svc-I in ns-(I%100),
+host svc-I.ns-(I%100).global, a unique 240.x.y.z address); `globaldns serve --kubeconfig` starts against it.
+Measured: seconds from process start to /ready 200, VmRSS once ready, then for --changes modifications made
+one at a time, the time from api.modify() until a UDP query (polled every ~2 ms) returns the new address.
+Speed is measured here, never asserted (tests/test_bench_kubernetes.py only runs a tiny size).
+
+    .venv/bin/python scripts/bench_kubernetes.py [--sizes 10000,100000] [--changes 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import math
+import queue
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.exception
+import dns.message
+import dns.query
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.fakes.kubeapi import KubeAPI, serviceentry  # noqa: E402
+
+NAMESPACES = 100
+POLL = 0.002  # seconds between DNS queries while waiting for a change
+_DNS_PORT = re.compile(r"serving DNS on 127\.0\.0\.1:(\d+)")
+_READY_PORT = re.compile(r"ready on http://127\.0\.0\.1:(\d+)")
+_COMPILED = re.compile(r"serving (\d+) names from (\d+) ServiceEntries .* in ([\d.]+)s")
+
+
+def address(index: int, first_octet: int = 240) -> str:
+    """A unique IPv4 address per index (up to 16.7 million), never x.0.0.0."""
+    return str(ipaddress.IPv4Address((first_octet << 24) + index + 1))
+
+
+def entry(index: int, first_octet: int = 240) -> dict[str, Any]:
+    namespace = f"ns-{index % NAMESPACES}"
+    name = f"svc-{index}"
+    return serviceentry(name, namespace, hosts=[f"{name}.{namespace}.global"], addresses=[address(index, first_octet)])
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest rank: the smallest sample with at least `fraction` of all samples at or below it."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+
+
+class Server:
+    """`python -m globaldns serve --kubeconfig ...`; stderr is read in a thread so the pipe never fills."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        command = [sys.executable, "-m", "globaldns", "serve", "--kubeconfig", str(kubeconfig)]
+        command += ["--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--ready", "127.0.0.1:0"]
+        command += ["--upstream", "none", "--lameduck", "0"]
+        if _has_metrics_flag():
+            command += ["--metrics", "127.0.0.1:0"]  # not the default 0.0.0.0:9153, which may be taken
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.dns_port = int(self.wait_for(_DNS_PORT).group(1))
+        self.ready_port = int(self.wait_for(_READY_PORT).group(1))
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.put(line)
+        self.lines.put("")
+
+    def _lines(self, timeout: float) -> Iterator[str]:
+        deadline = time.monotonic() + timeout
+        yield from self.log
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if not line:
+                break
+            self.log.append(line)
+            yield line
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 60.0) -> re.Match[str]:
+        for line in self._lines(timeout):
+            if found := pattern.search(line):
+                return found
+        raise SystemExit(f"bench: no log line matching {pattern.pattern!r}:\n{''.join(self.log[-30:])}")
+
+    def drain(self) -> None:
+        """Collect the log lines written so far."""
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return
+            if line:
+                self.log.append(line)
+
+    def wait_ready(self, timeout: float) -> float:
+        """Seconds from process start to /ready 200."""
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.ready_port}/ready"
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        return time.perf_counter() - self.started
+            except (urllib.error.URLError, OSError):
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.01)
+        self.drain()
+        raise SystemExit(f"bench: not ready within {timeout}s:\n{''.join(self.log[-30:])}")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def addresses(self, name: str) -> set[str]:
+        query = dns.message.make_query(name, "A")
+        try:
+            reply = dns.query.udp(query, "127.0.0.1", port=self.dns_port, timeout=1)
+        except dns.exception.Timeout:
+            return set()
+        return {rdata.address for rrset in reply.answer for rdata in rrset}
+
+    def compiles(self) -> list[tuple[int, float]]:
+        """(ServiceEntries, seconds) of every table compile logged so far."""
+        self.drain()
+        return [(int(m.group(2)), float(m.group(3))) for line in self.log if (m := _COMPILED.search(line))]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout=5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+def _has_metrics_flag() -> bool:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "globaldns", "serve", "--help"], cwd=REPO, capture_output=True, text=True
+    ).stdout
+    return "--metrics" in help_text
+
+
+def bench(size: int, changes: int, change_timeout: float) -> str:
+    with KubeAPI() as api, tempfile.TemporaryDirectory(prefix="bench-kubernetes-") as work:
+        loading = time.perf_counter()
+        api.add_many((entry(index) for index in range(size)), record_history=False)
+        print(f"size {size}: {size} ServiceEntries loaded into the fake API in {time.perf_counter() - loading:.1f}s")
+        kubeconfig = api.write_kubeconfig(Path(work) / "kubeconfig")
+        server = Server(kubeconfig)
+        try:
+            ready = server.wait_ready(timeout=max(120.0, size / 200))
+            rss = server.rss_mb()
+            compiles = server.compiles()
+            first_compile = compiles[0][1] if compiles else float("nan")
+            print(f"size {size}: ready {ready:.2f}s after start (first table compiled in {first_compile:.2f}s)")
+            print(f"size {size}: RSS {rss:.1f} MB once ready")
+            api.wait_for_open_watches(1, timeout=60)
+
+            latencies: list[float] = []
+            for change in range(changes):
+                index = change * size // max(changes, 1)
+                modified = entry(index, first_octet=241 + change % 10)
+                name = modified["spec"]["hosts"][0]
+                wanted = {modified["spec"]["addresses"][0]}
+                started = time.perf_counter()
+                api.modify(modified)
+                while server.addresses(name) != wanted:
+                    if time.perf_counter() - started > change_timeout:
+                        raise SystemExit(f"bench: change {change} of {name} not answered within {change_timeout}s")
+                    time.sleep(POLL)
+                latencies.append(time.perf_counter() - started)
+            compiles = server.compiles()
+        finally:
+            server.stop()
+
+    median = statistics.median(latencies) * 1000 if latencies else float("nan")
+    p99 = percentile(latencies, 0.99) * 1000 if latencies else float("nan")
+    last_compile = compiles[-1][1] if compiles else float("nan")
+    print(
+        f"size {size}: change -> answer latency over {len(latencies)} changes: median {median:.1f} ms, p99 {p99:.1f} ms"
+    )
+    print(f"size {size}: table compiles logged: {len(compiles)}, the last took {last_compile:.3f}s")
+    return (
+        f"summary size={size} ready={ready:.2f}s rss={rss:.1f}MB changes={len(latencies)} "
+        f"median={median:.1f}ms p99={p99:.1f}ms"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated ServiceEntry counts")
+    parser.add_argument("--changes", type=int, default=50, help="modifications measured one at a time per size")
+    parser.add_argument("--change-timeout", type=float, default=300.0, help="give up on one change after this")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",") if size.strip()]
+    summaries = [bench(size, args.changes, args.change_timeout) for size in sizes]
+    print()
+    for summary in summaries:
+        print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
