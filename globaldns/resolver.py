@@ -106,7 +106,7 @@ class Resolver:
                 if name.endswith(table.suffixes):  # maybe in a zone: NXDOMAIN, NODATA, wildcard
                     if query[end - 2 : end] != _CLASS_IN:
                         return self._slow(query, addr, channel, started)
-                    found = table.find(name, query[end - 4] << 8 | query[end - 3])
+                    found = table.find(name, query[end - 4] << 8 | query[end - 3], exact=False)
                     if found is None:
                         return self._slow(query, addr, channel, started)
                 else:

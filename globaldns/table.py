@@ -73,12 +73,14 @@ class Table:
     synced: bool = False
     serial: int = 0
     suffixes: tuple[bytes, ...] = ()  # the zones' wire names: bytes.endswith() rules out most names at once
+    ordered_zones: tuple[Zone, ...] = ()  # longest name first, so nested zones resolve to the innermost
 
-    def find(self, name: bytes, qtype: int) -> Answer | None:
+    def find(self, name: bytes, qtype: int, exact: bool = True) -> Answer | None:
         """The answer for a lower-cased wire name, or None if it is in no zone (or is not a well-formed name).
 
-        Exact name, then an existing name's NODATA, then the longest wildcard, else the zone's NXDOMAIN.
-        One walk over the labels: this runs for every miss, and search-path misses are a hot path too.
+        Exact name (skipped with exact=False: the hot path has just missed it), then an existing name's
+        NODATA, then the longest wildcard, else the zone's NXDOMAIN. One walk over the labels, and no
+        slicing to find the zone: search-path misses (`www.example.com.global`) are a hot path too.
         """
         offsets = []
         offset, last = 0, len(name) - 1
@@ -90,18 +92,17 @@ class Table:
             offset += length + 1
         if offset != last:
             return None
-        zones = self.zones
-        for index, start in enumerate(offsets):  # noqa: B007 (index is used after the loop)
-            zone = zones.get(name[start:])
-            if zone is not None:
+        for zone in self.ordered_zones:  # longest first
+            cut = offset + 1 - len(zone.wire_name)
+            if cut >= 0 and name.endswith(zone.wire_name) and (cut == offset or cut in offsets):
                 break
         else:
             return None
-        found = self.answers.get(key(name, qtype)) or self.names.get(name)
+        found = (exact and self.answers.get(key(name, qtype))) or self.names.get(name)
         if found is not None:
             return found
         if self.wildcards:
-            for start in offsets[1 : index + 1]:
+            for start in offsets[1 : offsets.index(cut) + 1] if cut < offset else ():
                 wildcard = self.wildcards.get(name[start:])
                 if wildcard is not None:
                     return wildcard.get(qtype, zone.nodata)
@@ -127,7 +128,8 @@ def compile(
     zone_by_name = {zone: _zone(zone, ttl, serial, recursion, synced) for zone in sorted(zones, key=len, reverse=True)}
     for zone in zone_by_name.values():
         table.zones[zone.wire_name] = zone
-    table.suffixes = tuple(zone_by_name[zone].wire_name for zone in zone_by_name)
+    table.ordered_zones = tuple(zone_by_name.values())  # sorted longest first above
+    table.suffixes = tuple(zone.wire_name for zone in table.ordered_zones)
     if not synced:
         return table  # zones only, whose every answer is SERVFAIL: nothing precomputed bypasses it
     table.hosts = _resolve_hosts(entries, zone_by_name, default_addresses, auto_allocate, table.conflicts)

@@ -169,9 +169,10 @@ def measure(server: Server, work: Path, workload: Workload, seconds: float, late
         lost=int(re.search(r"Queries lost:\s+(\d+)", output).group(1)),  # type: ignore[union-attr]
         avg_ms=float(re.search(r"Average Latency \(s\):\s+([\d.]+)", output).group(1)) * 1e3,  # type: ignore[union-attr]
     )
-    if latency:
-        samples = sorted(float(line.split()[-1]) for line in dnsperf(server.port, queries, 2, workload.flags,
-                         verbose=True).splitlines() if line.startswith(">"))  # fmt: skip
+    if latency:  # `> RCODE name type seconds` per answered query; a lost one has no seconds
+        lines = dnsperf(server.port, queries, 2, workload.flags, verbose=True).splitlines()
+        samples = sorted(float(fields[-1]) for fields in (line.split() for line in lines)
+                         if fields and fields[0] == ">" and _is_number(fields[-1]))  # fmt: skip
         result.p99_ms = samples[int(len(samples) * 0.99)] * 1e3 if samples else 0.0
     return result
 
@@ -269,6 +270,14 @@ def main() -> int:
         print(f"\nratios {first} / {second} (q/s: higher is better; CPU/q and p99: lower is better)")
         print(table(rows))
     return 0
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _ratio(a: list[float], b: list[float]) -> str:
