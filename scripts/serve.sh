@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 exec .venv/bin/globaldns serve --listen 127.0.0.1:5353 --service-entries examples \
-  --health 127.0.0.1:8080 --ready 127.0.0.1:8181 "$@"
+  --health 127.0.0.1:8080 --ready 127.0.0.1:8181 --metrics 127.0.0.1:9153 "$@"
