@@ -9,25 +9,20 @@ from __future__ import annotations
 import functools
 import json
 import os
-import queue
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import dns.message
-import dns.query
 import pytest
 import yaml
+
+from tests.integration.conftest import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -593,54 +588,6 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
-class InstalledServer:
-    """`<venv>/bin/globaldns serve` on 127.0.0.1 with kernel-chosen ports, its stderr read line by line."""
-
-    def __init__(self, venv: Path, *args: str) -> None:
-        command = [str(venv / "bin/globaldns"), "serve", "--upstream", "none", "--lameduck", "0"]
-        for flag in ("--listen", "--health", "--ready", "--metrics"):
-            command += [flag, "127.0.0.1:0"]
-        self.process = subprocess.Popen([*command, *args], stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.put(line)
-        self.lines.put("")
-
-    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        for line in self.log:
-            if found := re.search(pattern, line):
-                return found
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if not line:
-                break
-            self.log.append(line)
-            if found := re.search(pattern, line):
-                return found
-        raise AssertionError(f"no log line matching {pattern!r} in:\n{''.join(self.log)}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=10)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            if self.process.stderr is not None:
-                self.process.stderr.close()
-
-
 @pytest.mark.timeout(480)
 def test_image_install_steps_give_a_working_server(installed: Path):
     version = subprocess.run([installed / "bin/globaldns", "--version"], capture_output=True, text=True, timeout=30)
@@ -650,15 +597,11 @@ def test_image_install_steps_give_a_working_server(installed: Path):
         [installed / "bin/python", "-c", "import globaldns.sources.kubernetes"], capture_output=True, text=True
     )
     assert imports.returncode == 0, imports.stderr
-    server = InstalledServer(installed, "--service-entries", str(REPO / "examples"))
+    server = ServerProcess("--service-entries", str(REPO / "examples"), program=[str(installed / "bin/globaldns")])
     try:
-        port = int(server.wait_for(r"serving DNS on 127\.0\.0\.1:(\d+)").group(1))
-        ready_port = int(server.wait_for(r"ready on http://127\.0\.0\.1:(\d+)").group(1))
-        server.wait_for(r"serving \d+ names")
-        for send in (dns.query.udp, dns.query.tcp):
-            reply = send(dns.message.make_query("httpbin.bar.global", "A"), "127.0.0.1", port=port, timeout=2)
+        for tcp in (False, True):
+            reply = server.query("httpbin.bar.global", "A", tcp=tcp)
             assert [rdata.address for rrset in reply.answer for rdata in rrset] == ["240.0.0.2"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/ready", timeout=2) as response:
-            assert response.status == 200
+        assert server.http("ready", "/ready") == (200, "OK")
     finally:
         assert server.stop() == 0

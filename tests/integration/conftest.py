@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import dns.message
@@ -46,15 +46,19 @@ def exchange(port: int, query: bytes, tcp: bool = False) -> bytes:
 class ServerProcess:
     """`python -m globaldns serve ...` with its stderr collected line by line, so tests wait on log lines."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, loaded: bool = True) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        loaded: bool = True,
+        program: Sequence[str] = (sys.executable, "-m", "globaldns"),
+    ) -> None:
         """Forwarding is off (`--upstream none`) unless the test names an upstream; `loaded=False` returns once
-        the server listens, without waiting for its first table."""
+        the server listens, without waiting for its first table; `program` runs another installation."""
         if "--upstream" not in args:
             args = ("--upstream", "none", *args)
         command = [
-            sys.executable,
-            "-m",
-            "globaldns",
+            *program,
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -141,6 +145,19 @@ class ServerProcess:
             self._reader.join(timeout=5)
             if self.process.stderr is not None:
                 self.process.stderr.close()
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 right now."""
+    while True:
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, free_port
 
 HTTPBIN = Path("httpbin.yaml")
 
@@ -120,19 +119,6 @@ def test_port_in_use_exits_1_naming_the_flag(start_server, entries: Path):
     )
     assert result.returncode == 1
     assert f"--listen 127.0.0.1:{server.port}" in result.stderr
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now."""
-    while True:
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 def test_every_listen_address_serves_udp_and_tcp(start_server, entries: Path):
