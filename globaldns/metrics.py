@@ -32,6 +32,7 @@ _TYPE_CODES = (0, 1, 28, 5, 48, 43, 15, 50, 47, 2, 12, 46, 6, 33, 16, 65, 251, 2
 TYPE_LABELS = ("other", *(wire.TYPE_NAMES[code] for code in _TYPE_CODES[1:]))
 TYPE_SLOT = bytes(_TYPE_CODES.index(code) if code in _TYPE_CODES else 0 for code in range(65536))
 RCODES = wire.RCODE_NAMES
+ONE_REPLY = 1 << 64  # Counters.replies values: replies << 64 | nanoseconds (584 years before they would overlap)
 
 
 class Outcomes:
@@ -59,21 +60,20 @@ outcome = Outcomes()
 class Counters:
     """The numbers of one listener and transport; the resolver bumps them, the collector reads them."""
 
-    __slots__ = ("do_requests", "family", "nanoseconds", "proto", "replies", "server")
+    __slots__ = ("do_requests", "family", "proto", "replies", "server")
 
     def __init__(self, server: str, proto: str, family: int) -> None:
         self.server, self.proto, self.family = server, proto, str(family)
-        # (outcome, type slot, request length, reply length, time bucket) -> count: one increment per reply
+        # (outcome, type slot, request length, reply length, time bucket) -> count << 64 | total nanoseconds:
+        # a single dict increment per reply carries both the count and the time
         self.replies: defaultdict[tuple[int, int, int, int, int], int] = defaultdict(int)
-        self.nanoseconds: defaultdict[int, int] = defaultdict(int)  # outcome << 5 | type slot -> total time
         self.do_requests: defaultdict[int, int] = defaultdict(int)  # outcome -> count
 
     def count(self, result: int, qtype: int, request: int, reply: int, do: bool, nanoseconds: int) -> None:
         """One reply; the resolver's hot path inlines exactly this. Time bucket k: up to 0.25 ms * 2**k inclusive
         (Prometheus `le`), so exactly 0.25 ms is in k=0; a measured duration is at least 1 ns."""
-        slot = TYPE_SLOT[qtype]
-        self.replies[(result, slot, request, reply, ((nanoseconds - 1) // 250_000).bit_length())] += 1
-        self.nanoseconds[result << 5 | slot] += nanoseconds
+        bucket = 0 if nanoseconds <= 250_000 else ((nanoseconds - 1) // 250_000).bit_length()
+        self.replies[(result, TYPE_SLOT[qtype], request, reply, bucket)] += nanoseconds | ONE_REPLY
         if do:
             self.do_requests[result] += 1
 
@@ -144,20 +144,19 @@ class DNSCollector(Collector):
         labels = outcome.labels
         for counters in self.server.counters:
             server, proto = counters.server, counters.proto
-            for (result, slot, request, reply, bucket), count in list(counters.replies.items()):
+            for (result, slot, request, reply, bucket), value in list(counters.replies.items()):
+                count, nanoseconds = value >> 64, value & (ONE_REPLY - 1)
                 zone, rcode, plugin = labels[result]
                 qtype = TYPE_LABELS[slot]
                 requests[(server, zone, VIEW, proto, counters.family, qtype)] += count
                 responses[(server, zone, VIEW, rcode, plugin)] += count
                 series = durations.setdefault((server, zone, VIEW, qtype), [0.0] * (len(TIME_BUCKETS) + 2))
                 series[min(bucket, len(TIME_BUCKETS))] += count
+                series[-1] += nanoseconds / 1e9
                 for sizes, length in ((request_sizes, request), (reply_sizes, reply)):
                     series = sizes.setdefault((server, zone, VIEW, proto), [0.0] * (len(SIZE_BUCKETS) + 2))
                     series[_size_bucket(length)] += count
                     series[-1] += length * count
-            for key, nanoseconds in list(counters.nanoseconds.items()):
-                zone = labels[key >> 5][0]
-                durations[(server, zone, VIEW, TYPE_LABELS[key & 0x1F])][-1] += nanoseconds / 1e9
             for result, count in list(counters.do_requests.items()):
                 do_requests[(server, VIEW, labels[result][0])] += count
 

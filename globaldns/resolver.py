@@ -18,7 +18,7 @@ from globaldns import cache, metrics, wire
 from globaldns.errors import UpstreamError
 from globaldns.forward import Forwarder
 from globaldns.logs import query_line, warn_once
-from globaldns.metrics import RCODES, TYPE_SLOT
+from globaldns.metrics import ONE_REPLY, RCODES, TYPE_SLOT
 from globaldns.table import Answer, Table
 
 log = logging.getLogger(__name__)
@@ -142,10 +142,11 @@ class Resolver:
             reply = wire.truncate(reply, max(wire.UDP_MIN, udp_size))
         counters = channel.counters
         if counters is not None:  # metrics.Counters.count, inlined: this is the hot path
-            slot = TYPE_SLOT[query[end - 4] << 8 | query[end - 3]]
             nanoseconds = perf_counter_ns() - started
-            counters.replies[(result, slot, len(query), len(reply), ((nanoseconds - 1) // 250_000).bit_length())] += 1
-            counters.nanoseconds[result << 5 | slot] += nanoseconds
+            bucket = 0 if nanoseconds <= 250_000 else ((nanoseconds - 1) // 250_000).bit_length()
+            counters.replies[
+                (result, TYPE_SLOT[query[end - 4] << 8 | query[end - 3]], len(query), len(reply), bucket)
+            ] += nanoseconds | ONE_REPLY
             if do:
                 counters.do_requests[result] += 1
         return reply
