@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 GO_REFERENCE_BUILD = REPO.parent / "shared" / "bench" / "build.sh"
 TICKS = os.sysconf("SC_CLK_TCK")
 NAMES = 1000
+PIN: dict[str, list[str]] = {"server": [], "client": []}  # --pin: taskset prefixes, server and dnsperf apart
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,12 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(["sh", "-c", "exec " + self.command], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            [*PIN["server"], "sh", "-c", "exec " + self.command],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         wait_for_dns(self.port, self.probe)
 
     def cpu_ticks(self) -> int:
@@ -150,8 +155,24 @@ def wait_for_dns(port: int, name: str, timeout: float = 60.0) -> None:
 
 
 def dnsperf(port: int, queries: Path, seconds: float, flags: tuple[str, ...], verbose: bool = False) -> str:
-    command = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-c", "10", "-q", "100",
-               "-l", str(seconds), *flags, *(["-v"] if verbose else [])]  # fmt: skip
+    command = [
+        *PIN["client"],
+        "dnsperf",
+        "-s",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-d",
+        str(queries),
+        "-c",
+        "10",
+        "-q",
+        "100",
+        "-l",
+        str(seconds),
+        *flags,
+        *(["-v"] if verbose else []),
+    ]
     return subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
 
 
@@ -171,16 +192,21 @@ def measure(server: Server, work: Path, workload: Workload, seconds: float, late
     )
     if latency:  # `> RCODE name type seconds` per answered query; a lost one has no seconds
         lines = dnsperf(server.port, queries, 2, workload.flags, verbose=True).splitlines()
-        samples = sorted(float(fields[-1]) for fields in (line.split() for line in lines)
-                         if fields and fields[0] == ">" and _is_number(fields[-1]))  # fmt: skip
+        samples = sorted(
+            float(fields[-1])
+            for fields in (line.split() for line in lines)
+            if fields and fields[0] == ">" and _is_number(fields[-1])
+        )
         result.p99_ms = samples[int(len(samples) * 0.99)] * 1e3 if samples else 0.0
     return result
 
 
 def globaldns_command(port: int, work: Path, upstream: int, extra: str) -> str:
-    return (f"{shlex.quote(sys.executable)} -m globaldns serve --listen 127.0.0.1:{port} "
-            f"--service-entries {work / 'entries.yaml'} --upstream 127.0.0.1:{upstream} --health 127.0.0.1:0 "
-            f"--ready 127.0.0.1:0 --metrics 127.0.0.1:0 --lameduck 0 --log-level warning {extra}")  # fmt: skip
+    return (
+        f"{shlex.quote(sys.executable)} -m globaldns serve --listen 127.0.0.1:{port} "
+        f"--service-entries {work / 'entries.yaml'} --upstream 127.0.0.1:{upstream} --health 127.0.0.1:0 "
+        f"--ready 127.0.0.1:0 --metrics 127.0.0.1:0 --lameduck 0 --log-level warning {extra}"
+    )
 
 
 def other_command(template: str, port: int, work: Path, upstream: int) -> str:
@@ -197,22 +223,36 @@ def other_command(template: str, port: int, work: Path, upstream: int) -> str:
 
 def table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width)
-                               in enumerate(zip(row, widths, strict=True))) for row in rows)  # fmt: skip
+    return "\n".join(
+        "  ".join(
+            cell.rjust(width) if i else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vs", metavar="COMMAND", help="another server: `go`, `GOMAXPROCS=1 go`, or a command "
-                        "with {port} {hosts} {entries} {upstream}")  # fmt: skip
-    parser.add_argument("--against", metavar="FLAGS", help="compare globaldns with itself run with these extra "
-                        "flags, e.g. '--metrics none'")  # fmt: skip
+    parser.add_argument(
+        "--vs",
+        metavar="COMMAND",
+        help="another server: `go`, `GOMAXPROCS=1 go`, or a command with {port} {hosts} {entries} {upstream}",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="FLAGS",
+        help="compare globaldns with itself run with these extra flags, e.g. '--metrics none'",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=12)
     parser.add_argument("--names", type=int, default=NAMES)
     parser.add_argument("--only", help="comma-separated workload names to run (e.g. 'W1 A hits,W3 cache hits')")
     parser.add_argument("--quick", action="store_true", help="a few seconds, no ratios: proves the script works")
+    parser.add_argument("--pin", action="store_true", help="servers on CPU 1, dnsperf on CPU 0 (less noise)")
     args = parser.parse_args()
+    if args.pin:
+        PIN.update(server=["taskset", "-c", "1"], client=["taskset", "-c", "0"])
     workloads = QUICK if args.quick else WORKLOADS
     if args.only:
         workloads = [w for w in WORKLOADS if w.name in {name.strip() for name in args.only.split(",")}]
@@ -222,18 +262,24 @@ def main() -> int:
         work = Path(directory)
         write_inputs(work, args.names, 2_000_000)
         upstream_port = free_port()
-        upstream = Server("upstream", f"{shlex.quote(sys.executable)} -m globaldns serve --listen "
-                          f"127.0.0.1:{upstream_port} --zone example.com --service-entries {work / 'upstream.yaml'} "
-                          f"--upstream none --health 127.0.0.1:0 --ready 127.0.0.1:0 --metrics none --lameduck 0 "
-                          "--log-level warning", upstream_port, probe="name0.example.com")  # fmt: skip
+        upstream = Server(
+            "upstream",
+            f"{shlex.quote(sys.executable)} -m globaldns serve --listen "
+            f"127.0.0.1:{upstream_port} --zone example.com --service-entries {work / 'upstream.yaml'} "
+            f"--upstream none --health 127.0.0.1:0 --ready 127.0.0.1:0 --metrics none --lameduck 0 "
+            "--log-level warning",
+            upstream_port,
+            probe="name0.example.com",
+        )
         servers = [Server("globaldns", globaldns_command(port := free_port(), work, upstream_port, ""), port)]
         if args.vs and not args.quick:
             port = free_port()
             servers.append(Server(args.vs, other_command(args.vs, port, work, upstream_port), port))
         elif args.against and not args.quick:
             port = free_port()
-            servers.append(Server(f"globaldns {args.against}", globaldns_command(port, work, upstream_port,
-                                                                                 args.against), port))  # fmt: skip
+            servers.append(
+                Server(f"globaldns {args.against}", globaldns_command(port, work, upstream_port, args.against), port)
+            )
         results: dict[tuple[str, str], list[Result]] = {}
         upstream.start()
         try:
@@ -252,10 +298,17 @@ def main() -> int:
     print(f"dnsperf -c 10 -q 100, {seconds:g} s runs, {rounds} round(s), {args.names} names; medians")
     rows = [("workload", "server", "q/s", "CPU us/q", "avg ms", "p99 ms", "lost")]
     for (name, label), runs in results.items():
-        rows.append((name, label, f"{statistics.median(r.qps for r in runs):,.0f}",
-                     f"{statistics.median(r.cpu_us for r in runs):.2f}",
-                     f"{statistics.median(r.avg_ms for r in runs):.3f}",
-                     f"{statistics.median(r.p99_ms for r in runs):.3f}", str(sum(r.lost for r in runs))))  # fmt: skip
+        rows.append(
+            (
+                name,
+                label,
+                f"{statistics.median(r.qps for r in runs):,.0f}",
+                f"{statistics.median(r.cpu_us for r in runs):.2f}",
+                f"{statistics.median(r.avg_ms for r in runs):.3f}",
+                f"{statistics.median(r.p99_ms for r in runs):.3f}",
+                str(sum(r.lost for r in runs)),
+            )
+        )
     print(table(rows))
     print("RSS MB after the runs: " + ", ".join(f"{label} {mb:.0f}" for label, mb in rss.items()))
     if len(servers) == 2:
@@ -263,10 +316,14 @@ def main() -> int:
         rows = [("workload", "q/s ratio", "CPU/q ratio", "p99 ratio")]
         for workload in workloads:
             a, b = results[(workload.name, first)], results[(workload.name, second)]
-            rows.append((workload.name,
-                         f"{statistics.median(r.qps for r in a) / statistics.median(r.qps for r in b):.2f}",
-                         f"{statistics.median(r.cpu_us for r in a) / statistics.median(r.cpu_us for r in b):.2f}",
-                         f"{_ratio([r.p99_ms for r in a], [r.p99_ms for r in b])}"))  # fmt: skip
+            rows.append(
+                (
+                    workload.name,
+                    f"{statistics.median(r.qps for r in a) / statistics.median(r.qps for r in b):.2f}",
+                    f"{statistics.median(r.cpu_us for r in a) / statistics.median(r.cpu_us for r in b):.2f}",
+                    f"{_ratio([r.p99_ms for r in a], [r.p99_ms for r in b])}",
+                )
+            )
         print(f"\nratios {first} / {second} (q/s: higher is better; CPU/q and p99: lower is better)")
         print(table(rows))
     return 0
