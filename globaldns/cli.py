@@ -29,6 +29,32 @@ def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
+def _add_table_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that decide what the table holds: `serve` and `check` must read files alike."""
+    add = parser.add_argument
+    add(
+        "--zone",
+        dest="zones",
+        action="append",
+        type=_typed(config.parse_zone),
+        metavar="ZONE",
+        help="zone answered from ServiceEntries (repeatable; default global)",
+    )
+    add(
+        "--default-address",
+        action="append",
+        type=_typed(config.parse_ip),
+        metavar="IP",
+        help="address for hosts that have none (repeatable: one IPv4 and one IPv6)",
+    )
+    add(
+        "--auto-allocate",
+        action="store_const",
+        const=True,
+        help="give hosts without addresses a stable one from 240.240.0.0/16 and 2001:2::/48",
+    )
+
+
 def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="serve DNS", description="Serve the zones over UDP and TCP.", argument_default=argparse.SUPPRESS
@@ -41,14 +67,7 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
         metavar="HOST:PORT",
         help="address to serve DNS on, UDP and TCP (repeatable; default 0.0.0.0:53)",
     )
-    add(
-        "--zone",
-        dest="zones",
-        action="append",
-        type=_typed(config.parse_zone),
-        metavar="ZONE",
-        help="zone answered from ServiceEntries (repeatable; default global)",
-    )
+    _add_table_flags(serve)
     add(
         "--service-entries",
         metavar="PATH",
@@ -72,19 +91,6 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="how often to look for changed files (default 1; 0: only on SIGHUP)",
     )
     add("--ttl", type=_typed(config.parse_ttl), metavar="SECONDS", help="TTL of answers (default 30)")
-    add(
-        "--default-address",
-        action="append",
-        type=_typed(config.parse_ip),
-        metavar="IP",
-        help="address for hosts that have none (repeatable: one IPv4 and one IPv6)",
-    )
-    add(
-        "--auto-allocate",
-        action="store_const",
-        const=True,
-        help="give hosts without addresses a stable one from 240.240.0.0/16 and 2001:2::/48",
-    )
     add(
         "--health",
         type=_typed(config.parse_endpoint),
@@ -159,9 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     check.add_argument("path", metavar="PATH", help="ServiceEntry YAML file or directory")
-    check.add_argument("--zone", dest="zones", action="append", type=_typed(config.parse_zone), metavar="ZONE")
-    check.add_argument("--default-address", action="append", type=_typed(config.parse_ip), metavar="IP")
-    check.add_argument("--auto-allocate", action="store_const", const=True)
+    _add_table_flags(check)
     return parser
 
 

@@ -173,21 +173,11 @@ def reply_heads(
     return tuple(heads)
 
 
-def variant(packet: bytes, edns: bool) -> int:
-    """Index into reply_heads for this query's RD and CD bits and whether it had EDNS."""
-    return (packet[2] & 1) | ((packet[3] & 0x10) >> 3) | (4 if edns else 0)
-
-
 def error_reply(packet: bytes, rcode: int, question_end: int = 0, edns: bool = False, ra: bool = False) -> bytes:
     """A reply with no records: the ID, opcode, RD and CD of the query, its question if well formed."""
     flags = QR | (int.from_bytes(packet[2:4]) & (0x7800 | RD | CD)) | (RA if ra else 0) | (rcode & 0xF)
     header = packet[:2] + struct.pack("!HHHHH", flags, 1 if question_end else 0, 0, 0, 1 if edns else 0)
     return header + packet[HEADER_SIZE:question_end] + (opt_record(False, rcode >> 4) if edns else b"")
-
-
-def set_rcode(reply: bytes, rcode: int) -> bytes:
-    """The same reply with another rcode (low four bits)."""
-    return reply[:3] + bytes([(reply[3] & 0xF0) | (rcode & 0xF)]) + reply[4:]
 
 
 def truncate(reply: bytes, limit: int) -> bytes:

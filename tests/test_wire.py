@@ -255,7 +255,7 @@ def test_error_reply_with_edns_carries_the_extended_rcode(rcode, low, extended):
     assert parsed.payload == wire.EDNS_UDP_SIZE
 
 
-# -- reply_heads, variant, opt_record, set_rcode -----------------------------------------------------------------
+# -- reply_heads, opt_record -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("index", range(8))
@@ -276,14 +276,6 @@ def test_reply_heads_are_interned():
     assert wire.reply_heads(wire.NOERROR, 1, 0, False) is wire.reply_heads(wire.NOERROR, 1, 0, False)
 
 
-@pytest.mark.parametrize("rd", [False, True])
-@pytest.mark.parametrize("cd", [False, True])
-@pytest.mark.parametrize("edns", [False, True])
-def test_variant_matches_reply_heads(rd, cd, edns):
-    packet = query(GOOD, flags=(wire.RD if rd else 0) | (wire.CD if cd else 0) | wire.AA | wire.TC)
-    assert wire.variant(packet, edns) == rd | cd << 1 | edns << 2
-
-
 @pytest.mark.parametrize("do", [False, True], ids=["do0", "do1"])
 def test_opt_record(do):
     record = wire.opt_record(do)
@@ -294,13 +286,6 @@ def test_opt_record(do):
     parsed = dns.message.from_wire(header(0x8000, ar=1) + GOOD + record)
     assert (parsed.edns, parsed.payload) == (0, 1232)
     assert bool(parsed.ednsflags & dns.flags.DO) is do
-
-
-def test_set_rcode_keeps_the_other_flags():
-    reply = wire.error_reply(query(GOOD, flags=wire.RD | wire.CD), wire.FORMERR, GOOD_END)
-    changed = wire.set_rcode(reply, wire.SERVFAIL)
-    assert changed[3] & 0xF == wire.SERVFAIL
-    assert changed[:3] == reply[:3] and changed[3] & 0xF0 == reply[3] & 0xF0 and changed[4:] == reply[4:]
 
 
 # -- truncate ---------------------------------------------------------------------------------------------------
