@@ -405,6 +405,7 @@ def test_change_is_answered_by_an_in_process_server_within_100ms(api, kubeconfig
         server = Server(Config(**settings, upstream=()), source)
         serving = asyncio.create_task(server.serve())
         try:
+            await asyncio.wait_for(server.started.wait(), 5)  # listeners bound: the table may load first
             await asyncio.wait_for(server.loaded.wait(), 5)
             await off(api.wait_for_watch, 1)
 
