@@ -34,7 +34,7 @@ def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
         default_addresses=getattr(args, "default_address", None) or (),
         auto_allocate=bool(getattr(args, "auto_allocate", False)),
     )
-    problems += compiled.conflicts
+    problems += compiled.conflict_lines()
     rows = [("NAME", "ADDRESSES", "FROM", "SERVICEENTRY")]
     for name in sorted(compiled.hosts):
         host = compiled.hosts[name]

@@ -110,9 +110,14 @@ class Server:
         self.state = ServerState()
         resolver_class = QueryLoggingResolver if config.log_queries else Resolver
         forwarder = build_forwarder(config)
-        initial = table.compile(
-            (), config.zones, ttl=config.ttl, serial=0, recursion=forwarder is not None, synced=False
+        self.compiler = table.Compiler(
+            config.zones,
+            ttl=config.ttl,
+            recursion=forwarder is not None,
+            default_addresses=config.default_address,
+            auto_allocate=config.auto_allocate,
         )
+        initial = self.compiler.unsynced()
         self.resolver = resolver_class(initial, forwarder, Cache(config.cache_size), config.allow)
         self.serial = 0
         self.exit_code = 0
@@ -142,36 +147,43 @@ class Server:
         self._snapshot_ready.set()
 
     async def _compile_forever(self) -> None:
+        """The first snapshot builds the table; later ones patch it, unless a rebuild is cheaper or needed."""
         while True:
             await self._snapshot_ready.wait()
             self._snapshot_ready.clear()
             snapshot = self._snapshot
             assert snapshot is not None
-            self.serial = max(int(time.time()), self.serial + 1)
+            serial = max(int(time.time()), self.serial + 1)
             started = time.perf_counter()
-            compiled = await asyncio.to_thread(
-                table.compile,
-                snapshot.entries,
-                self.config.zones,
-                ttl=self.config.ttl,
-                serial=self.serial,
-                recursion=self.resolver.recursion,
-                default_addresses=self.config.default_address,
-                auto_allocate=self.config.auto_allocate,
-            )
-            self.resolver.table = compiled
+            patch = None
+            if self.loaded.is_set():
+                patch = await asyncio.to_thread(self.compiler.patch, snapshot.entries, serial)
+            if patch is None:
+                compiled = await asyncio.to_thread(self.compiler.build, snapshot.entries, serial)
+                self.resolver.table = compiled
+                changed = len(compiled.hosts)
+                conflicts = compiled.conflict_lines()
+            else:
+                patch.apply(self.resolver.table)
+                changed = len(patch.names)
+                conflicts = [line for lines in patch.conflicts.values() for line in lines]
+            if changed:
+                self.serial = serial
             self.snapshot = snapshot
             for problem in snapshot.problems:
                 logs.warn_once(log, problem, "skipped: %s", problem)
-            for conflict in compiled.conflicts:
+            for conflict in conflicts:
                 logs.warn_once(log, conflict, "conflict: %s", conflict)
+            served = self.resolver.table
             log.info(
-                "serving %d names from %d ServiceEntries (%d problems, %d conflicts) in %.3fs",
-                len(compiled.hosts),
+                "serving %d names from %d ServiceEntries (%d problems, %d conflicts) in %.3fs (%s %d names)",
+                len(served.hosts),
                 len(snapshot.entries),
                 len(snapshot.problems),
-                len(compiled.conflicts),
+                len(served.conflicts),
                 time.perf_counter() - started,
+                "built" if patch is None else "patched",
+                changed,
             )
             self.state.synced = True
             self.loaded.set()

@@ -34,9 +34,13 @@ class ServiceEntry:
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def precedence(self) -> tuple[bool, float, str, str]:
-        """Sort key: the oldest entry wins a contested host, ties broken by namespace then name."""
-        return (self.created is None, self.created or 0.0, self.namespace, self.name)
+    def precedence(self) -> tuple[bool, float, str, str, str, str]:
+        """Sort key: the oldest entry wins a contested host, ties broken by namespace, then name.
+
+        Files may hold one namespace/name twice: then the file's path, then the content decide, so the
+        winner never depends on the order in which entries arrived (a patched table equals a rebuilt one).
+        """
+        return (self.created is None, self.created or 0.0, self.namespace, self.name, self.origin, repr(self))
 
     def addresses_for(self, host: str) -> tuple[IPAddress, ...]:
         """spec.addresses if any, else the status.addresses Istio allocated to this host."""

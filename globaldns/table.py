@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import struct
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,7 +22,8 @@ from globaldns.config import IPAddress
 from globaldns.serviceentry import ServiceEntry
 
 # (reply_heads variants, record bytes variants rotated between responses, metrics outcome)
-Answer = tuple[tuple[bytes, ...], tuple[bytes, ...], int]
+Answer = tuple[tuple[bytes, ...], Sequence[bytes], int]
+Records = dict[int, Answer]  # the A, AAAA and ANY answers of one name
 
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, SOA_MAX_TTL = 7200, 1800, 86400, 300
 AUTO_V4 = ipaddress.ip_network("240.240.0.0/16")
@@ -43,10 +45,15 @@ def key(name: bytes, qtype: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Zone:
+    """A zone's negative answers. The SOA bytes sit in one-element lists shared by every answer that carries
+    them, so a patch moves the serial of all of them with one assignment."""
+
     name: str
     wire_name: bytes
     nxdomain: Answer
     nodata: Answer
+    authority: list[bytes] = field(default_factory=list)  # the SOA in negative answers' authority section
+    apex_soa: list[bytes] = field(default_factory=list)  # the SOA as the answer at the apex
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,18 +69,21 @@ class Host:
 
 @dataclass(slots=True)
 class Table:
-    """What the resolver reads; never mutated after compile(), replaced whole."""
+    """What the resolver reads: built by Compiler.build off the loop, then changed only by Patch.apply on it."""
 
     answers: dict[bytes, Answer] = field(default_factory=dict)  # key(name, type) -> answer, exact names
     names: dict[bytes, Answer] = field(default_factory=dict)  # every existing name -> its NODATA answer
-    wildcards: dict[bytes, dict[int, Answer]] = field(default_factory=dict)  # parent of `*.` -> type -> answer
+    wildcards: dict[bytes, Records] = field(default_factory=dict)  # parent of `*.` -> type -> answer
     zones: dict[bytes, Zone] = field(default_factory=dict)
     hosts: dict[str, Host] = field(default_factory=dict)
-    conflicts: list[str] = field(default_factory=list)
+    conflicts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # contested host -> one line per loser
     synced: bool = False
     serial: int = 0
     suffixes: tuple[bytes, ...] = ()  # the zones' wire names: bytes.endswith() rules out most names at once
     ordered_zones: tuple[Zone, ...] = ()  # longest name first, so nested zones resolve to the innermost
+
+    def conflict_lines(self) -> list[str]:
+        return [line for lines in self.conflicts.values() for line in lines]
 
     def find(self, name: bytes, qtype: int, exact: bool = True) -> Answer | None:
         """The answer for a lower-cased wire name, or None if it is in no zone (or is not a well-formed name).
@@ -120,61 +130,262 @@ def compile(
     auto_allocate: bool = False,
     synced: bool = True,
 ) -> Table:
-    """Build a table; hosts outside every zone are ignored, a contested host goes to the oldest entry.
+    """Build a table once, with nothing kept for later patches (`check`, and the table before the first snapshot).
 
     synced=False is the table before the first snapshot: every name in a zone answers SERVFAIL.
     """
-    table = Table(synced=synced, serial=serial)
-    zone_by_name = {zone: _zone(zone, ttl, serial, recursion, synced) for zone in sorted(zones, key=len, reverse=True)}
-    for zone in zone_by_name.values():
-        table.zones[zone.wire_name] = zone
-    table.ordered_zones = tuple(zone_by_name.values())  # sorted longest first above
-    table.suffixes = tuple(zone.wire_name for zone in table.ordered_zones)
+    compiler = Compiler(
+        zones, ttl=ttl, recursion=recursion, default_addresses=default_addresses, auto_allocate=auto_allocate
+    )
     if not synced:
-        return table  # zones only, whose every answer is SERVFAIL: nothing precomputed bypasses it
-    table.hosts = _resolve_hosts(entries, zone_by_name, default_addresses, auto_allocate, table.conflicts)
+        return compiler.unsynced()
+    return compiler.build(tuple(entries), serial)
 
-    for host in table.hosts.values():
-        zone = zone_by_name[host.zone]
-        records = _address_answers(host.addresses, ttl, zone, recursion)
-        if host.name.startswith("*."):
-            table.wildcards[to_wire(host.name[2:])] = records
+
+@dataclass(slots=True)
+class Patch:
+    """What one snapshot changes in the served table: computed off the loop, applied on it in one step."""
+
+    serial: int
+    names: dict[bytes, tuple[Answer, Records] | None] = field(default_factory=dict)  # (NODATA, records); None: gone
+    hosts: dict[str, Host | None] = field(default_factory=dict)
+    conflicts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    soas: dict[bytes, bytes] = field(default_factory=dict)  # zone wire name -> its SOA record at the new serial
+
+    def apply(self, table: Table) -> None:
+        """Runs on the loop between two queries, so no query ever sees half a patch."""
+        answers, names = table.answers, table.names
+        for name, served in self.names.items():
+            if served is None:
+                names.pop(name, None)
+                for qtype in _ADDRESS_TYPES:
+                    answers.pop(key(name, qtype), None)
+            else:
+                names[name], records = served
+                for qtype, answer in records.items():
+                    answers[key(name, qtype)] = answer
+        _update(table.hosts, self.hosts)
+        _update(table.conflicts, {host: lines or None for host, lines in self.conflicts.items()})
+        for wire_name, soa in self.soas.items():
+            zone = table.zones[wire_name]
+            zone.authority[0] = soa
+            zone.apex_soa[0] = _owned_by_question(soa, wire_name)
+            table.serial = self.serial  # the time of the last change: unchanged names keep it
+
+
+def _update(target: dict, changes: dict) -> None:
+    """Set each key to its new value; None deletes it."""
+    for name, value in changes.items():
+        if value is None:
+            target.pop(name, None)
         else:
-            name = to_wire(host.name)
-            table.names[name] = zone.nodata
-            for qtype, answer in records.items():
-                table.answers[key(name, qtype)] = answer
-
-    _add_ancestors(table, zone_by_name)
-    for zone in zone_by_name.values():
-        _add_apex(table, zone, ttl, serial, recursion)
-    return table
+            target[name] = value
 
 
-def _resolve_hosts(
-    entries: Iterable[ServiceEntry],
-    zones: dict[str, Zone],
-    default_addresses: Sequence[IPAddress],
-    auto_allocate: bool,
-    conflicts: list[str],
-) -> dict[str, Host]:
-    """host -> the Host that serves it: entries in precedence order, the first with addresses claims a host."""
-    hosts: dict[str, Host] = {}
-    for entry in sorted(entries, key=ServiceEntry.precedence):
-        for name in entry.hosts:
-            zone = _zone_name(name, zones)
-            if zone is None:
-                continue
-            addresses, source = _addresses(entry, name, default_addresses, auto_allocate)
+class Compiler:
+    """Turns snapshots into a table, and later snapshots into patches of that table.
+
+    Rebuilding 100,000 names takes seconds, but one changed ServiceEntry must be answerable within
+    milliseconds. So the compiler keeps what its table is made of (the entries, who claims each host, how
+    many names lie below each name) and recomputes only the names a change touches. It runs in one worker
+    thread at a time; the table it built is read there while the loop only reads it too, and is changed
+    only by Patch.apply on the loop.
+    """
+
+    PATCH_LIMIT = 2000  # changed entries above which a rebuild is cheaper than blocking the loop with a patch
+
+    def __init__(
+        self,
+        zones: Sequence[str],
+        *,
+        ttl: int,
+        recursion: bool = False,
+        default_addresses: Sequence[IPAddress] = (),
+        auto_allocate: bool = False,
+    ) -> None:
+        self.zone_names = tuple(sorted(zones, key=len, reverse=True))  # longest first: the innermost zone wins
+        self.ttl = ttl
+        self.recursion = recursion
+        self.default_addresses = tuple(default_addresses)
+        self.auto_allocate = auto_allocate
+        self.table = Table()
+        self._zones: dict[str, Zone] = {}
+        self._by_id: dict[int, ServiceEntry] = {}  # the last snapshot's entries (kept alive: their ids stay unique)
+        self._ids: set[int] = set()
+        self._claims: dict[str, list[ServiceEntry]] = {}  # host -> every entry that names it
+        self._below: dict[str, int] = {}  # name -> served names strictly below it (empty non-terminal if > 0)
+
+    def unsynced(self) -> Table:
+        """The table before the first snapshot: zones only, whose every answer is SERVFAIL."""
+        return self._new_table(0, synced=False)
+
+    def build(self, entries: tuple[ServiceEntry, ...], serial: int) -> Table:
+        """A complete table; hosts outside every zone are ignored, a contested host goes to the oldest entry."""
+        table = self._new_table(serial)
+        self._by_id = {id(entry): entry for entry in entries}
+        self._ids = set(self._by_id)
+        self._claims, self._below = {}, {}
+        for entry in entries:
+            self._claim(entry)
+        for name, claimants in self._claims.items():
+            host, lost = self._winner(name, claimants)
+            if lost:
+                table.conflicts[name] = lost
+            if host is not None:
+                table.hosts[name] = host
+                self._count_below(host, 1)
+        for host in table.hosts.values():
+            zone = self._zones[host.zone]
+            records = _address_answers(host.addresses, self.ttl, zone, self.recursion)
+            if host.name.startswith("*."):
+                table.wildcards[to_wire(host.name[2:])] = records
+            else:
+                name = to_wire(host.name)
+                table.names[name] = zone.nodata
+                for qtype, answer in records.items():
+                    table.answers[key(name, qtype)] = answer
+        for name in self._below:  # after every wildcard is known: they answer the empty non-terminals below them
+            if name not in table.hosts:
+                wire_name = to_wire(name)
+                zone = self._zones[self._zone_of(name)]
+                table.names[wire_name] = zone.nodata
+                for qtype, answer in self._empty_records(table, wire_name, zone).items():
+                    table.answers[key(wire_name, qtype)] = answer
+        for zone in self._zones.values():
+            _add_apex(table, zone, self.ttl, self.recursion)
+        self.table = table
+        return table
+
+    def patch(self, entries: tuple[ServiceEntry, ...], serial: int) -> Patch | None:
+        """The changes from the last snapshot to this one, or None when a rebuild is due instead.
+
+        A rebuild is due when many entries changed, or a wildcard's owner did: a wildcard answers
+        every empty non-terminal below it, and finding those is a walk over the whole table.
+        """
+        added, removed = self._difference(entries)
+        if len(added) + len(removed) > self.PATCH_LIMIT:
+            return None
+        touched: set[str] = set()
+        for entry in removed:
+            touched.update(self._unclaim(entry))
+        for entry in added:
+            touched.update(self._claim(entry))
+        table = self.table
+        patch = Patch(serial)
+        for name in touched:
+            host, lost = self._winner(name, self._claims.get(name, ()))
+            if host != table.hosts.get(name):
+                patch.hosts[name] = host
+            if lost != table.conflicts.get(name, ()):
+                patch.conflicts[name] = lost
+        if any(name.startswith("*.") for name in patch.hosts):
+            return None
+        renamed = set(patch.hosts)  # names whose records change, and ancestors that appear or disappear
+        for name, host in patch.hosts.items():
+            before = table.hosts.get(name)
+            if (before is None) != (host is None):
+                renamed.update(self._count_below(host or before, 1 if host else -1))  # type: ignore[arg-type]
+        for name in renamed:
+            patch.names[to_wire(name)] = self._records_of(name, patch.hosts.get(name, table.hosts.get(name)))
+        if patch.names:
+            for zone in self._zones.values():
+                patch.soas[zone.wire_name] = _soa_record(zone.name, self.ttl, serial)
+        return patch
+
+    # -- what the table is made of ------------------------------------------------------------
+    def _new_table(self, serial: int, synced: bool = True) -> Table:
+        table = Table(synced=synced, serial=serial)
+        self._zones = {name: _zone(name, self.ttl, serial, self.recursion, synced) for name in self.zone_names}
+        table.ordered_zones = tuple(self._zones.values())
+        table.zones = {zone.wire_name: zone for zone in table.ordered_zones}
+        table.suffixes = tuple(zone.wire_name for zone in table.ordered_zones)
+        self.table = table
+        return table
+
+    def _difference(self, entries: tuple[ServiceEntry, ...]) -> tuple[list[ServiceEntry], list[ServiceEntry]]:
+        """Entries added and removed, and now remembered. Sources keep unchanged entries as the same objects,
+        so set operations on identities find the few that changed; re-read entries equal to old ones cancel out.
+        """
+        ids = set(map(id, entries))
+        new, gone = ids - self._ids, self._ids - ids
+        added = [entry for entry in entries if id(entry) in new] if new else []
+        removed = [self._by_id.pop(identity) for identity in gone]
+        self._by_id.update((id(entry), entry) for entry in added)
+        self._ids = ids
+        if added and removed:
+            fresh, old = Counter(added), Counter(removed)
+            added, removed = list((fresh - old).elements()), list((old - fresh).elements())
+        return added, removed
+
+    def _claim(self, entry: ServiceEntry) -> list[str]:
+        names = [name for name in entry.hosts if self._zone_of(name) is not None]
+        for name in names:
+            self._claims.setdefault(name, []).append(entry)
+        return names
+
+    def _unclaim(self, entry: ServiceEntry) -> list[str]:
+        names = [name for name in entry.hosts if self._zone_of(name) is not None]
+        for name in names:
+            claimants = self._claims[name]
+            claimants.remove(entry)
+            if not claimants:
+                del self._claims[name]
+        return names
+
+    def _winner(self, name: str, claimants: Sequence[ServiceEntry]) -> tuple[Host | None, tuple[str, ...]]:
+        """The oldest claimant with addresses serves the name; every later one with addresses is a conflict."""
+        winner: Host | None = None
+        lost: list[str] = []
+        for entry in sorted(claimants, key=ServiceEntry.precedence) if len(claimants) > 1 else claimants:
+            addresses, source = _addresses(entry, name, self.default_addresses, self.auto_allocate)
             if not addresses:
                 continue
-            winner = hosts.get(name)
-            if winner is not None:
+            if winner is None:
+                winner = Host(name, addresses, entry, source, self._zone_of(name) or "")
+            else:
                 older, newer = _describe(winner.entry), _describe(entry)
-                conflicts.append(f"host {name} is in {older} and {newer}; {older} is older and wins")
-                continue
-            hosts[name] = Host(name, addresses, entry, source, zone)
-    return hosts
+                lost.append(f"host {name} is in {older} and {newer}; {older} is older and wins")
+        return winner, tuple(lost)
+
+    def _count_below(self, host: Host, step: int) -> list[str]:
+        """Add step to the count of every name above host within its zone; the names that appear or vanish."""
+        labels = host.name.removeprefix("*.").split(".")
+        depth = host.zone.count(".") + 1
+        flipped = []
+        for cut in range(0 if host.name.startswith("*.") else 1, len(labels) - depth):
+            name = ".".join(labels[cut:])
+            count = self._below.get(name, 0) + step
+            if count:
+                self._below[name] = count
+            else:
+                del self._below[name]
+            if count == (1 if step > 0 else 0):
+                flipped.append(name)
+        return flipped
+
+    def _records_of(self, name: str, host: Host | None) -> tuple[Answer, Records] | None:
+        """What a patch writes for one name: its own records, an empty non-terminal's, or None if it is gone."""
+        zone = self._zones[self._zone_of(name) or ""]
+        if host is not None:
+            return zone.nodata, _address_answers(host.addresses, self.ttl, zone, self.recursion)
+        if name == zone.name:
+            return zone.nodata, dict.fromkeys(_ADDRESS_TYPES, zone.nodata)
+        if name in self._below:
+            return zone.nodata, self._empty_records(self.table, to_wire(name), zone)
+        return None
+
+    def _empty_records(self, table: Table, wire_name: bytes, zone: Zone) -> Records:
+        """An empty non-terminal answers as the wildcard covering it, if any, else NODATA."""
+        covering = _covering_wildcard(table, wire_name, zone.wire_name)
+        return {qtype: covering.get(qtype, zone.nodata) if covering else zone.nodata for qtype in _ADDRESS_TYPES}
+
+    def _zone_of(self, host: str) -> str | None:
+        """The longest zone the host is in (a wildcard `*.z` counts as inside z), or None."""
+        bare = host.removeprefix("*.")
+        for zone in self.zone_names:
+            if bare == zone or bare.endswith("." + zone):
+                return zone
+        return None
 
 
 def _describe(entry: ServiceEntry) -> str:
@@ -205,17 +416,11 @@ def auto_addresses(host: str) -> tuple[IPAddress, ...]:
     return (v4, v6)
 
 
-def _zone_name(host: str, zones: dict[str, Zone]) -> str | None:
-    """The longest zone the host is in (a wildcard `*.z` counts as inside z), or None."""
-    bare = host.removeprefix("*.")
-    for zone in zones:  # longest first
-        if bare == zone or bare.endswith("." + zone):
-            return zone
-    return None
+def _address_answers(addresses: Sequence[IPAddress], ttl: int, zone: Zone, recursion: bool) -> Records:
+    """A, AAAA and ANY answers for one name; a type with no address gets the zone's NODATA.
 
-
-def _address_answers(addresses: Sequence[IPAddress], ttl: int, zone: Zone, recursion: bool) -> dict[int, Answer]:
-    """A, AAAA and ANY answers for one name; a type with no address gets the zone's NODATA."""
+    A name with one address family answers ANY with that family's answer: the same bytes, kept once.
+    """
     v4 = [_address_record(address, ttl) for address in addresses if address.version == 4]
     v6 = [_address_record(address, ttl) for address in addresses if address.version == 6]
     answers = {wire.A: zone.nodata, wire.AAAA: zone.nodata}
@@ -224,7 +429,11 @@ def _address_answers(addresses: Sequence[IPAddress], ttl: int, zone: Zone, recur
         if records:
             rotations = tuple(b"".join(records[i:] + records[:i]) for i in range(len(records)))
             answers[qtype] = (wire.reply_heads(wire.NOERROR, len(records), 0, recursion), rotations, found)
-    answers[wire.ANY] = (wire.reply_heads(wire.NOERROR, len(v4) + len(v6), 0, recursion), (b"".join(v4 + v6),), found)
+    if v4 and v6:
+        heads = wire.reply_heads(wire.NOERROR, len(v4) + len(v6), 0, recursion)
+        answers[wire.ANY] = (heads, (b"".join(v4 + v6),), found)
+    else:
+        answers[wire.ANY] = answers[wire.A] if v4 else answers[wire.AAAA]
     return answers
 
 
@@ -234,8 +443,10 @@ def _address_record(address: IPAddress, ttl: int) -> bytes:
     return b"\xc0\x0c" + struct.pack("!HHIH", rtype, wire.IN, ttl, len(address.packed)) + address.packed
 
 
-def _soa(zone: str, ttl: int, serial: int) -> SOARecord:
-    return SOARecord(f"ns.dns.{zone}.", f"hostmaster.{zone}.", (serial, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, ttl))
+def _soa_record(zone: str, ttl: int, serial: int) -> bytes:
+    """The zone's SOA record, owner spelled out; its TTL is capped, as it is the negative-caching time."""
+    rdata = SOARecord(f"ns.dns.{zone}.", f"hostmaster.{zone}.", (serial, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, ttl))
+    return _pack(RR(f"{zone}.", QTYPE.SOA, ttl=min(ttl, SOA_MAX_TTL), rdata=rdata))
 
 
 def _pack(rr: RR) -> bytes:
@@ -261,41 +472,45 @@ def _zone(zone: str, ttl: int, serial: int, recursion: bool, synced: bool = True
 
     Before the first snapshot both are SERVFAIL: nothing is known yet, so nothing is denied.
     """
-    soa_ttl = min(ttl, SOA_MAX_TTL)
-    authority = _pack(RR(f"{zone}.", QTYPE.SOA, ttl=soa_ttl, rdata=_soa(zone, ttl, serial)))
     label = zone + "."
+    wire_name = to_wire(zone)
     if not synced:
         failure = (
             wire.reply_heads(wire.SERVFAIL, 0, 0, recursion, aa=False),
             (b"",),
             metrics.outcome(label, wire.SERVFAIL, metrics.PLUGIN),
         )
-        return Zone(name=zone, wire_name=to_wire(zone), nxdomain=failure, nodata=failure)
+        return Zone(name=zone, wire_name=wire_name, nxdomain=failure, nodata=failure)
+    soa = _soa_record(zone, ttl, serial)
+    authority = [soa]  # a list, shared by both answers: see Zone
     return Zone(
         name=zone,
-        wire_name=to_wire(zone),
+        wire_name=wire_name,
         nxdomain=(
             wire.reply_heads(wire.NXDOMAIN, 0, 1, recursion),
-            (authority,),
+            authority,
             metrics.outcome(label, wire.NXDOMAIN, metrics.PLUGIN),
         ),
         nodata=(
             wire.reply_heads(wire.NOERROR, 0, 1, recursion),
-            (authority,),
+            authority,
             metrics.outcome(label, wire.NOERROR, metrics.PLUGIN),
         ),
+        authority=authority,
+        apex_soa=[_owned_by_question(soa, wire_name)],
     )
 
 
-def _add_apex(table: Table, zone: Zone, ttl: int, serial: int, recursion: bool) -> None:
+def _add_apex(table: Table, zone: Zone, ttl: int, recursion: bool) -> None:
     """SOA and NS at the apex; the apex always exists."""
-    soa = _pack(RR(f"{zone.name}.", QTYPE.SOA, ttl=min(ttl, SOA_MAX_TTL), rdata=_soa(zone.name, ttl, serial)))
     ns = _pack(RR(f"{zone.name}.", QTYPE.NS, ttl=ttl, rdata=NSRecord(f"ns.dns.{zone.name}.")))
     heads = wire.reply_heads(wire.NOERROR, 1, 0, recursion)
     found = zone.nodata[2]  # NOERROR in this zone
-    table.answers[key(zone.wire_name, wire.SOA)] = (heads, (_owned_by_question(soa, zone.wire_name),), found)
+    table.answers[key(zone.wire_name, wire.SOA)] = (heads, zone.apex_soa, found)
     table.answers[key(zone.wire_name, wire.NS)] = (heads, (_owned_by_question(ns, zone.wire_name),), found)
     table.names.setdefault(zone.wire_name, zone.nodata)
+    for qtype in _ADDRESS_TYPES:  # unless a ServiceEntry serves the apex itself
+        table.answers.setdefault(key(zone.wire_name, qtype), zone.nodata)
 
 
 def _owned_by_question(record: bytes, owner: bytes) -> bytes:
@@ -303,25 +518,8 @@ def _owned_by_question(record: bytes, owner: bytes) -> bytes:
     return b"\xc0\x0c" + record[len(owner) :]
 
 
-def _add_ancestors(table: Table, zones: dict[str, Zone]) -> None:
-    """Empty non-terminals exist (NODATA), unless a wildcard covers them: then they answer as the wildcard."""
-    for host, served in list(table.hosts.items()):
-        labels = host.removeprefix("*.").split(".")
-        zone = zones[served.zone]
-        depth = len(zone.name.split("."))
-        start = 1 if not host.startswith("*.") else 0
-        for cut in range(start, len(labels) - depth):
-            name = to_wire(".".join(labels[cut:]))
-            if name in table.names:
-                continue
-            table.names[name] = zone.nodata
-            covering = _covering_wildcard(table, name, zone.wire_name)
-            for qtype in _ADDRESS_TYPES:
-                table.answers[key(name, qtype)] = covering.get(qtype, zone.nodata) if covering else zone.nodata
-
-
-def _covering_wildcard(table: Table, name: bytes, apex: bytes) -> dict[int, Answer] | None:
-    """The longest wildcard strictly above a wire name, within its zone (as `Table.lookup` searches)."""
+def _covering_wildcard(table: Table, name: bytes, apex: bytes) -> Records | None:
+    """The longest wildcard strictly above a wire name, within its zone (as `Table.find` searches)."""
     offset = name[0] + 1
     while True:
         wildcard = table.wildcards.get(name[offset:])

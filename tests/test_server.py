@@ -198,3 +198,34 @@ def test_probes_answer_head_refuse_other_methods_and_unknown_paths():
         assert (await http_request(health, "GET", "/health"))[0::2] == (200, b"OK")  # lameduck: alive
 
     assert run_server(test, lameduck=1.0) == 0
+
+
+def test_a_later_snapshot_patches_the_served_table_and_a_wildcard_rebuilds_it():
+    async def served(server: Server, name: str) -> dns.message.Message:
+        for _ in range(200):
+            reply = await query(server, name)
+            if reply.rcode() == dns.rcode.NOERROR and reply.answer:
+                return reply
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{name} never answered")
+
+    async def test(server: Server, source: ManualSource) -> None:
+        source.go.set()
+        await asyncio.wait_for(server.loaded.wait(), 5)
+        first = server.resolver.table
+        serial = (await query(server, "nope.bar.global")).authority[0][0].serial
+        server.publish(Snapshot((HTTPBIN, entry("other", ["other.bar.global"], "240.0.0.3"))))
+        assert (await served(server, "other.bar.global")).answer[0][0].address == "240.0.0.3"
+        assert server.resolver.table is first  # patched in place, not rebuilt
+        assert (await query(server, "nope.bar.global")).authority[0][0].serial > serial
+        server.publish(Snapshot((HTTPBIN, entry("wild", ["*.w.global"], "240.0.0.4"))))
+        assert (await served(server, "x.w.global")).answer[0][0].address == "240.0.0.4"
+        assert server.resolver.table is not first
+        assert (await query(server, "other.bar.global")).rcode() == dns.rcode.NXDOMAIN
+
+    assert run_server(test) == 0
+
+
+def entry(name: str, hosts: list[str], address: str) -> ServiceEntry:
+    obj = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": name}}
+    return ServiceEntry.from_dict(obj | {"spec": {"hosts": hosts, "addresses": [address]}})

@@ -639,8 +639,8 @@ def test_conflict_oldest_wins(first, second, winner):
     assert_answer(ask(compiled, "payments.billing.global"), [expected])
     # The loser keeps the hosts nobody contests.
     assert_answer(ask(compiled, f"{loser}.only.global"), [entries[loser].addresses[0].exploded])
-    assert len(compiled.conflicts) == 1
-    conflict = compiled.conflicts[0]
+    assert list(compiled.conflicts) == ["payments.billing.global"]
+    (conflict,) = compiled.conflicts["payments.billing.global"]
     assert "payments.billing.global" in conflict
     assert entries[winner].ref in conflict
     assert entries[loser].ref in conflict
@@ -655,14 +655,14 @@ def test_conflicts_are_per_host_and_wildcards_conflict_too():
     assert_answer(ask(compiled, "a.global"), ["240.0.0.1"])
     assert_answer(ask(compiled, "x.w.global"), ["240.0.0.1"])
     assert_answer(ask(compiled, "b.global"), ["240.0.0.2"])
-    assert len(compiled.conflicts) == 3
-    assert sum("a.global" in conflict for conflict in compiled.conflicts) == 2
-    assert sum("*.w.global" in conflict for conflict in compiled.conflicts) == 1
+    assert len(compiled.conflict_lines()) == 3
+    assert len(compiled.conflicts["a.global"]) == 2
+    assert len(compiled.conflicts["*.w.global"]) == 1
 
 
 def test_no_conflict_without_a_contested_host():
     compiled = build(se(["a.global"], ["240.0.0.1"], name="a"), se(["b.global"], ["240.0.0.2"], name="b"))
-    assert compiled.conflicts == []
+    assert compiled.conflicts == {}
 
 
 # -- rotation -----------------------------------------------------------------------------------
