@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import json
 import logging
@@ -92,6 +93,17 @@ def _reaches(upstream: Endpoint, own: Endpoint) -> bool:
     return loopback and own.host in ("0.0.0.0", "::")
 
 
+def freeze_heap() -> None:
+    """Collect once after a rebuild, then exempt everything alive, the table above all, from the cyclic GC.
+
+    A full collection walks every object: about 0.2 s at 100,000 names, a stall the loop would otherwise
+    take at random. Tables hold no reference cycles, so refcounting still frees a replaced one.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def build_source(config: Config) -> Source:
     """Files when --service-entries is given, else the Kubernetes API (credentials are checked now)."""
     if config.service_entries is None:
@@ -161,6 +173,7 @@ class Server:
             if patch is None:
                 compiled = await asyncio.to_thread(self.compiler.build, snapshot.entries, serial)
                 self.resolver.table = compiled
+                freeze_heap()
                 changed = len(compiled.hosts)
                 conflicts = compiled.conflict_lines()
             else:

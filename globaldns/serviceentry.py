@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -122,6 +123,10 @@ def _addresses(value: Any, field: str, warnings: list[str], invalid: Any) -> tup
         raise invalid(f"{field} is not a list")
     addresses: list[IPAddress] = []
     for index, text in enumerate(value):
+        address = _plain_address(text)
+        if address is not None:
+            addresses.append(address)
+            continue
         label = f"{field}[{index}]" if field == "spec.addresses" else field
         try:
             network = ipaddress.ip_network(str(text).strip(), strict=False) if isinstance(text, str) else None
@@ -134,6 +139,26 @@ def _addresses(value: Any, field: str, warnings: list[str], invalid: Any) -> tup
         else:
             addresses.append(network.network_address)
     return tuple(dict.fromkeys(addresses))
+
+
+def _plain_address(text: Any) -> IPAddress | None:
+    """A plain IPv4 or IPv6 address, else None (then ipaddress decides: CIDR, scope, or garbage).
+
+    ipaddress parses text in pure Python, ~5 µs an address, seconds at 100,000 entries; the C parser
+    accepts the same plain forms (glibc rejects leading zeros as ipaddress does), and the constructors
+    from packed bytes cost almost nothing.
+    """
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    try:
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError):
+        pass
+    try:
+        return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+    except (OSError, ValueError):
+        return None
 
 
 def _timestamp(value: Any, invalid: Any) -> float | None:

@@ -6,6 +6,7 @@ query can get is built here, once, and the resolver only splices the query's ID 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import struct
@@ -34,8 +35,13 @@ _IN = struct.pack("!H", wire.IN)
 
 def to_wire(name: str) -> bytes:
     """`httpbin.bar.global` -> b'\\x07httpbin\\x03bar\\x06global\\x00' (the root is b'\\x00')."""
-    labels = [label.encode("ascii") for label in name.split(".") if label]
-    return b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+    wire_name = bytearray()
+    for label in name.encode("ascii").split(b"."):
+        if label:
+            wire_name.append(len(label))
+            wire_name += label
+    wire_name.append(0)
+    return bytes(wire_name)
 
 
 def key(name: bytes, qtype: int) -> bytes:
@@ -421,8 +427,12 @@ def _address_answers(addresses: Sequence[IPAddress], ttl: int, zone: Zone, recur
 
     A name with one address family answers ANY with that family's answer: the same bytes, kept once.
     """
-    v4 = [_address_record(address, ttl) for address in addresses if address.version == 4]
-    v6 = [_address_record(address, ttl) for address in addresses if address.version == 6]
+    v4, v6 = [], []
+    for address in addresses:
+        if address.version == 4:
+            v4.append(_record_start(wire.A, ttl) + address.packed)
+        else:
+            v6.append(_record_start(wire.AAAA, ttl) + address.packed)
     answers = {wire.A: zone.nodata, wire.AAAA: zone.nodata}
     found = zone.nodata[2]  # NOERROR in this zone
     for qtype, records in ((wire.A, v4), (wire.AAAA, v6)):
@@ -437,10 +447,10 @@ def _address_answers(addresses: Sequence[IPAddress], ttl: int, zone: Zone, recur
     return answers
 
 
-def _address_record(address: IPAddress, ttl: int) -> bytes:
-    """An A or AAAA record owned by the question name (pointer 0xC00C): valid at any query name."""
-    rtype = wire.A if address.version == 4 else wire.AAAA
-    return b"\xc0\x0c" + struct.pack("!HHIH", rtype, wire.IN, ttl, len(address.packed)) + address.packed
+@functools.cache
+def _record_start(rtype: int, ttl: int) -> bytes:
+    """An A or AAAA record up to its address, owned by the question name (pointer 0xC00C): valid at any name."""
+    return b"\xc0\x0c" + struct.pack("!HHIH", rtype, wire.IN, ttl, 4 if rtype == wire.A else 16)
 
 
 def _soa_record(zone: str, ttl: int, serial: int) -> bytes:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 from datetime import UTC, datetime, timedelta, timezone
 from ipaddress import ip_address
 from typing import Any
 
 import pytest
 
+from globaldns import serviceentry
 from globaldns.errors import InvalidServiceEntry
 from globaldns.serviceentry import ServiceEntry
 
@@ -483,3 +485,25 @@ def test_precedence(first, second):
     winner, loser = entry(*first), entry(*second)
     assert winner.precedence() < loser.precedence()
     assert sorted([loser, winner], key=ServiceEntry.precedence) == [winner, loser]
+
+
+ADDRESS_FORMS = (
+    "1.2.3.4", " 1.2.3.4 ", "1.2.3.4\n", "0.0.0.0", "01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5", "256.1.1.1",
+    "0x1.2.3.4", "+1.2.3.4", "1.2.3.-1", "1e1.2.3.4", "\u0661.\u0662.\u0663.\u0664", "1.2.3.4\x00", "",
+    "1.2.3.4 5", "1.2.3.4/32",
+    "::", "::1", "\t::1", "FFFF::1", "::ffff:1.2.3.4", "::ffff:01.2.3.4", "::1.2.3.4", "1:2:3:4:5:6:1.2.3.4",
+    "2001:0db8:0000::1", "2001:db8::00001", "1::2::3", "1:2:3:4:5:6:7:8:9", "2001:db8::/128", "fe80::1%eth0",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("text", ADDRESS_FORMS)
+def test_the_fast_address_parser_accepts_exactly_what_ipaddress_accepts(text):
+    """The C fast path may only decline (then ipaddress decides); it must never disagree with ipaddress."""
+    try:
+        expected = ipaddress.ip_address(text.strip())
+    except ValueError:
+        expected = None
+    fast = serviceentry._plain_address(text)
+    assert fast == expected or (fast is None and "%" in text)
+    addresses = ServiceEntry.from_dict(with_spec(addresses=[text])).addresses
+    assert addresses == ((expected,) if expected else ()) or text.endswith(("/32", "/128"))
