@@ -204,22 +204,27 @@ class Reflector:
                 return
 
     def list(self, version: str) -> str:
-        """Every object, page by page; replace the store and diff, so deletions in a gap are applied."""
-        items: list[dict[str, Any]] = []
+        """Every object, page by page; replace the store and diff, so deletions in a gap are applied.
+
+        Each page is parsed as it comes: at 100,000 objects, holding every raw object until the end
+        would peak at hundreds of MB the process then keeps as fragmented heap.
+        """
+        fresh: dict[tuple[str, str], ServiceEntry] = {}
+        problems: dict[tuple[str, str], str] = {}
+        listed = 0
         token: str | None = None
         resource_version = ""
         while True:
             page = self._call(self._list_function(), version, limit=self.settings.page_size, _continue=token)
-            items += page.get("items") or []
+            items = page.get("items") or []
+            listed += len(items)
+            for obj in items:
+                self._parse(obj, fresh, problems)
             metadata = page.get("metadata") or {}
             resource_version = metadata.get("resourceVersion") or resource_version
             token = metadata.get("continue")
             if not token:
                 break
-        fresh: dict[tuple[str, str], ServiceEntry] = {}
-        problems: dict[tuple[str, str], str] = {}
-        for obj in items:
-            self._parse(obj, fresh, problems)
         removed = len(self.entries.keys() - fresh.keys())
         unchanged = self.synced and fresh == self.entries and problems == self.problems
         self.entries, self.problems = fresh, problems
@@ -229,7 +234,7 @@ class Reflector:
         log.info(
             "kubernetes %s: listed %d ServiceEntries (%s) at resourceVersion %s, %d gone since the last list",
             self.scope,
-            len(items),
+            listed,
             version,
             resource_version,
             removed,
