@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
-import secrets
 import socket
 import struct
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from globaldns import wire
 from globaldns.config import UPSTREAM_POLICIES, Endpoint
@@ -29,6 +29,17 @@ log = logging.getLogger(__name__)
 _PROBE = b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x01"  # flags RD, . IN NS (after the ID)
 _TCP_IDLE = 10.0  # seconds an idle upstream TCP connection is kept for reuse (CoreDNS `expire`)
 _TCP_POOL = 16  # idle connections kept per upstream
+
+
+def _random_ids() -> Iterator[bytes]:
+    """Query IDs from the kernel's CSPRNG, 2,048 per getrandom() call rather than a system call each."""
+    while True:
+        pool = os.urandom(4096)
+        for offset in range(0, len(pool), 2):
+            yield pool[offset : offset + 2]
+
+
+_QUERY_IDS = _random_ids()
 
 
 class Upstream:
@@ -144,20 +155,25 @@ class Forwarder:
 
     async def _udp(self, upstream: Upstream, query: bytes, question_end: int, timeout: float) -> bytes:
         loop = asyncio.get_running_loop()
-        qid = secrets.randbits(16).to_bytes(2)
-        with socket.socket(upstream.family, socket.SOCK_DGRAM) as sock:
+        qid = next(_QUERY_IDS)
+        sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
+        try:
             sock.setblocking(False)
             sock.connect(upstream.address)  # the kernel drops datagrams from anyone else
-            await loop.sock_sendall(sock, qid + query[2:])
-            async with asyncio.timeout(timeout):
-                while True:
-                    reply = await loop.sock_recv(sock, 65535)
-                    if _matches(reply, qid, query, question_end):
-                        return reply
-                    log.debug("ignored a reply from %s that does not match the query", upstream)
+            sock.send(qid + query[2:])
+            waiter = loop.create_future()
+            loop.add_reader(sock, _receive, sock, waiter, qid, query, question_end, upstream)
+            timer = loop.call_later(timeout, _expire, waiter)
+            try:
+                return await waiter
+            finally:
+                timer.cancel()
+                loop.remove_reader(sock)
+        finally:
+            sock.close()
 
     async def _tcp(self, upstream: Upstream, query: bytes, question_end: int, timeout: float) -> bytes:
-        qid = secrets.randbits(16).to_bytes(2)
+        qid = next(_QUERY_IDS)
         message = struct.pack("!H", len(query)) + qid + query[2:]
         async with asyncio.timeout(timeout):
             while True:
@@ -203,6 +219,29 @@ class Forwarder:
             for _, writer, _ in upstream.idle:
                 writer.close()
             upstream.idle.clear()
+
+
+def _receive(
+    sock: socket.socket, waiter: asyncio.Future, qid: bytes, query: bytes, question_end: int, upstream: Upstream
+) -> None:
+    """Reader callback: every datagram waiting; the first that answers our query resolves the waiter."""
+    while not waiter.done():
+        try:
+            reply = sock.recv(65535)
+        except BlockingIOError:
+            return
+        except OSError as error:  # ICMP port unreachable, reported on a connected socket
+            waiter.set_exception(error)
+            return
+        if _matches(reply, qid, query, question_end):
+            waiter.set_result(reply)
+        else:
+            log.debug("ignored a reply from %s that does not match the query", upstream)
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _matches(reply: bytes, qid: bytes, query: bytes, question_end: int) -> bool:
