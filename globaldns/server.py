@@ -155,6 +155,10 @@ class Server:
     # -- snapshots -> tables ------------------------------------------------------------------
     def publish(self, snapshot: Snapshot) -> None:
         """Sources call this on the loop; bursts coalesce into one compile of the latest snapshot."""
+        pending = self._snapshot
+        if pending is not None:  # not compiled yet: the next compile must apply its changes too
+            merged = pending.changes.then(snapshot.changes) if pending.changes is not None else None
+            snapshot = snapshot._replace(changes=merged)
         self._snapshot = snapshot
         self._snapshot_ready.set()
 
@@ -163,13 +167,13 @@ class Server:
         while True:
             await self._snapshot_ready.wait()
             self._snapshot_ready.clear()
-            snapshot = self._snapshot
+            snapshot, self._snapshot = self._snapshot, None
             assert snapshot is not None
             serial = max(int(time.time()), self.serial + 1)
             started = time.perf_counter()
             patch = None
-            if self.loaded.is_set():
-                patch = await asyncio.to_thread(self.compiler.patch, snapshot.entries, serial)
+            if self.loaded.is_set() and snapshot.changes is not None:
+                patch = await asyncio.to_thread(self.compiler.patch, *snapshot.changes, serial)
             if patch is None:
                 compiled = await asyncio.to_thread(self.compiler.build, snapshot.entries, serial)
                 self.resolver.table = compiled

@@ -192,10 +192,10 @@ class Compiler:
     """Turns snapshots into a table, and later snapshots into patches of that table.
 
     Rebuilding 100,000 names takes seconds, but one changed ServiceEntry must be answerable within
-    milliseconds. So the compiler keeps what its table is made of (the entries, who claims each host, how
-    many names lie below each name) and recomputes only the names a change touches. It runs in one worker
-    thread at a time; the table it built is read there while the loop only reads it too, and is changed
-    only by Patch.apply on the loop.
+    milliseconds. So the compiler keeps what its table is made of (who claims each host, how many names
+    lie below each name) and recomputes only the names that the changed entries touch. It runs in one
+    worker thread at a time; the table it built is read there while the loop only reads it too, and is
+    changed only by Patch.apply on the loop.
     """
 
     PATCH_LIMIT = 2000  # changed entries above which a rebuild is cheaper than blocking the loop with a patch
@@ -216,8 +216,6 @@ class Compiler:
         self.auto_allocate = auto_allocate
         self.table = Table()
         self._zones: dict[str, Zone] = {}
-        self._by_id: dict[int, ServiceEntry] = {}  # the last snapshot's entries (kept alive: their ids stay unique)
-        self._ids: set[int] = set()
         self._claims: dict[str, list[ServiceEntry]] = {}  # host -> every entry that names it
         self._below: dict[str, int] = {}  # name -> served names strictly below it (empty non-terminal if > 0)
 
@@ -228,8 +226,6 @@ class Compiler:
     def build(self, entries: tuple[ServiceEntry, ...], serial: int) -> Table:
         """A complete table; hosts outside every zone are ignored, a contested host goes to the oldest entry."""
         table = self._new_table(serial)
-        self._by_id = {id(entry): entry for entry in entries}
-        self._ids = set(self._by_id)
         self._claims, self._below = {}, {}
         for entry in entries:
             self._claim(entry)
@@ -262,18 +258,24 @@ class Compiler:
         self.table = table
         return table
 
-    def patch(self, entries: tuple[ServiceEntry, ...], serial: int) -> Patch | None:
-        """The changes from the last snapshot to this one, or None when a rebuild is due instead.
+    def patch(self, added: Sequence[ServiceEntry], removed: Sequence[ServiceEntry], serial: int) -> Patch | None:
+        """The table's changes for entries added and removed since the last snapshot, or None when a
+        rebuild is due instead: many entries changed, or a wildcard's owner did (a wildcard answers every
+        empty non-terminal below it, and finding those is a walk over the whole table).
 
-        A rebuild is due when many entries changed, or a wildcard's owner did: a wildcard answers
-        every empty non-terminal below it, and finding those is a walk over the whole table.
+        Re-read entries equal to removed ones cancel out; after None, call build() with the snapshot.
         """
-        added, removed = self._difference(entries)
+        if added and removed:
+            fresh, old = Counter(added), Counter(removed)
+            added, removed = list((fresh - old).elements()), list((old - fresh).elements())
         if len(added) + len(removed) > self.PATCH_LIMIT:
             return None
         touched: set[str] = set()
-        for entry in removed:
-            touched.update(self._unclaim(entry))
+        try:
+            for entry in removed:
+                touched.update(self._unclaim(entry))
+        except (KeyError, ValueError):  # removing what was never there: the changes do not fit this table
+            return None
         for entry in added:
             touched.update(self._claim(entry))
         table = self.table
@@ -307,21 +309,6 @@ class Compiler:
         table.suffixes = tuple(zone.wire_name for zone in table.ordered_zones)
         self.table = table
         return table
-
-    def _difference(self, entries: tuple[ServiceEntry, ...]) -> tuple[list[ServiceEntry], list[ServiceEntry]]:
-        """Entries added and removed, and now remembered. Sources keep unchanged entries as the same objects,
-        so set operations on identities find the few that changed; re-read entries equal to old ones cancel out.
-        """
-        ids = set(map(id, entries))
-        new, gone = ids - self._ids, self._ids - ids
-        added = [entry for entry in entries if id(entry) in new] if new else []
-        removed = [self._by_id.pop(identity) for identity in gone]
-        self._by_id.update((id(entry), entry) for entry in added)
-        self._ids = ids
-        if added and removed:
-            fresh, old = Counter(added), Counter(removed)
-            added, removed = list((fresh - old).elements()), list((old - fresh).elements())
-        return added, removed
 
     def _claim(self, entry: ServiceEntry) -> list[str]:
         names = [name for name in entry.hosts if self._zone_of(name) is not None]

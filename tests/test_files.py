@@ -15,6 +15,7 @@ import pytest
 from globaldns.errors import SourceError
 from globaldns.sources import Snapshot
 from globaldns.sources.files import FilesSource, find_files, parse_file
+from tests.snapshots import assert_changes_add_up
 
 _mtime = itertools.count(1)
 
@@ -269,28 +270,34 @@ def test_missing_file_raises_source_error(tmp_path):
 def test_refresh_sequence_in_a_directory(tmp_path):
     source = FilesSource(str(tmp_path))
     assert source.refresh() is False
-    assert source.snapshot() == Snapshot((), ())
+    snapshots = [source.snapshot()]
+    assert snapshots[0] == Snapshot((), ())
 
     a = write(tmp_path / "a.yaml", se_yaml("a", "a.global", "240.0.0.1"))
     assert source.refresh() is True
-    assert hosts(source.snapshot().entries) == {"a.global"}
+    snapshots.append(source.snapshot())
+    assert hosts(snapshots[-1].entries) == {"a.global"}
 
     assert source.refresh() is False  # unchanged
 
     write(tmp_path / "sub" / "b.yml", se_yaml("b", "b.global"))
     assert source.refresh() is True
-    assert hosts(source.snapshot().entries) == {"a.global", "b.global"}
+    snapshots.append(source.snapshot())
+    assert hosts(snapshots[-1].entries) == {"a.global", "b.global"}
 
     write(a, se_yaml("a", "a2.global", "240.0.0.9"))
     assert source.refresh() is True
-    snapshot = source.snapshot()
-    assert hosts(snapshot.entries) == {"a2.global", "b.global"}
-    assert [str(entry.addresses[0]) for entry in snapshot.entries if entry.name == "a"] == ["240.0.0.9"]
+    snapshots.append(source.snapshot())
+    assert hosts(snapshots[-1].entries) == {"a2.global", "b.global"}
+    assert [str(entry.addresses[0]) for entry in snapshots[-1].entries if entry.name == "a"] == ["240.0.0.9"]
 
     a.unlink()
     assert source.refresh() is True
-    assert hosts(source.snapshot().entries) == {"b.global"}
+    snapshots.append(source.snapshot())
+    assert hosts(snapshots[-1].entries) == {"b.global"}
     assert source.refresh() is False
+    assert_changes_add_up(snapshots)
+    assert [len(s.changes.added + s.changes.removed) for s in snapshots[1:] if s.changes] == [1, 1, 2, 1]
 
 
 def test_refresh_ignores_non_entry_files(tmp_path):

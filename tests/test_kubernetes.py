@@ -31,6 +31,7 @@ from globaldns.server import Server
 from globaldns.sources import Snapshot
 from globaldns.sources.kubernetes import KubernetesSource, WatchSettings, api_client, served_version
 from tests.fakes.kubeapi import GROUP, KubeAPI, Request, serviceentry
+from tests.snapshots import assert_changes_add_up
 
 # Millisecond backoff; the timeouts outlive a test, because the fake sends no periodic bookmarks and a short
 # inactivity timeout would restart idle watches mid-test. Tests of the timeouts set their own.
@@ -390,6 +391,7 @@ def test_add_modify_delete_are_published_within_100ms(api, kubeconfig, frozen_he
                 change()
                 latency = await published.wait(predicate, mark) - started
                 assert latency < 0.1, f"published {latency * 1000:.1f} ms after the change"
+            assert_changes_add_up(published.snapshots)
 
     run(test)
 
@@ -454,6 +456,7 @@ def test_a_burst_of_200_changes_is_coalesced_and_the_last_snapshot_complete(api,
             last = published.snapshots[-1]
             assert refs(last) == {"a/first"} | {f"b/svc{index}" for index in range(200)}
             assert address_of("b/svc199", "240.0.0.200")(last)
+            assert_changes_add_up(published.snapshots)
 
     run(test)
 
@@ -524,6 +527,7 @@ def test_deletion_during_a_watch_gap_is_applied_by_the_relist(api, kubeconfig):
             api.compact()
             api.release_hung()
             await published.wait(exactly("a/x"), mark)
+            assert_changes_add_up(published.snapshots)
 
     run(test)
 

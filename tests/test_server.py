@@ -16,7 +16,7 @@ import uvloop
 from globaldns.config import Config, Endpoint
 from globaldns.server import Server
 from globaldns.serviceentry import ServiceEntry
-from globaldns.sources import Publish, Snapshot, SourceStats
+from globaldns.sources import Changes, Publish, Snapshot, SourceStats
 
 LOOPBACK = Endpoint("127.0.0.1", 0)
 HTTPBIN = ServiceEntry.from_dict(
@@ -201,14 +201,14 @@ def test_probes_answer_head_refuse_other_methods_and_unknown_paths():
     assert run_server(test, lameduck=1.0) == 0
 
 
-def test_a_later_snapshot_patches_the_served_table_and_a_wildcard_rebuilds_it():
-    async def served(server: Server, name: str) -> dns.message.Message:
+def test_later_snapshots_patch_the_served_table_and_a_wildcard_or_unknown_changes_rebuild_it():
+    async def served(server: Server, name: str, address: str) -> None:
         for _ in range(200):
             reply = await query(server, name)
-            if reply.rcode() == dns.rcode.NOERROR and reply.answer:
-                return reply
+            if reply.rcode() == dns.rcode.NOERROR and reply.answer and reply.answer[0][0].address == address:
+                return
             await asyncio.sleep(0.01)
-        raise AssertionError(f"{name} never answered")
+        raise AssertionError(f"{name} never answered {address}")
 
     async def test(server: Server, source: ManualSource) -> None:
         source.go.set()
@@ -216,14 +216,27 @@ def test_a_later_snapshot_patches_the_served_table_and_a_wildcard_rebuilds_it():
         first = server.resolver.table
         assert gc.get_freeze_count() > 0  # the built table is exempt from the cyclic GC's full passes
         serial = (await query(server, "nope.bar.global")).authority[0][0].serial
-        server.publish(Snapshot((HTTPBIN, entry("other", ["other.bar.global"], "240.0.0.3"))))
-        assert (await served(server, "other.bar.global")).answer[0][0].address == "240.0.0.3"
+        other, moved = (
+            entry("other", ["other.bar.global"], "240.0.0.3"),
+            entry("other", ["other.bar.global"], "240.0.0.5"),
+        )
+        third = entry("third", ["third.bar.global"], "240.0.0.6")
+        # Two snapshots before the compiler runs: their changes are applied together.
+        server.publish(Snapshot((HTTPBIN, other), changes=Changes(added=(other,))))
+        server.publish(Snapshot((HTTPBIN, moved, third), changes=Changes(added=(moved, third), removed=(other,))))
+        await served(server, "other.bar.global", "240.0.0.5")
+        await served(server, "third.bar.global", "240.0.0.6")
         assert server.resolver.table is first  # patched in place, not rebuilt
         assert (await query(server, "nope.bar.global")).authority[0][0].serial > serial
-        server.publish(Snapshot((HTTPBIN, entry("wild", ["*.w.global"], "240.0.0.4"))))
-        assert (await served(server, "x.w.global")).answer[0][0].address == "240.0.0.4"
+        wild = entry("wild", ["*.w.global"], "240.0.0.4")
+        server.publish(Snapshot((HTTPBIN, wild), changes=Changes(added=(wild,), removed=(moved, third))))
+        await served(server, "x.w.global", "240.0.0.4")
         assert server.resolver.table is not first
         assert (await query(server, "other.bar.global")).rcode() == dns.rcode.NXDOMAIN
+        rebuilt = server.resolver.table
+        server.publish(Snapshot((HTTPBIN, other)))  # changes unknown
+        await served(server, "other.bar.global", "240.0.0.3")
+        assert server.resolver.table is not rebuilt
 
     assert run_server(test) == 0
 
@@ -231,3 +244,9 @@ def test_a_later_snapshot_patches_the_served_table_and_a_wildcard_rebuilds_it():
 def entry(name: str, hosts: list[str], address: str) -> ServiceEntry:
     obj = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": name}}
     return ServiceEntry.from_dict(obj | {"spec": {"hosts": hosts, "addresses": [address]}})
+
+
+def test_changes_of_coalesced_snapshots_add_up_and_unknown_stays_unknown():
+    a, b, c = (entry(name, [f"{name}.global"], "240.0.0.1") for name in "abc")
+    assert Changes((a,), (b,)).then(Changes((c,), (a,))) == Changes((a, c), (b, a))
+    assert Changes((a,)).then(None) is None

@@ -49,13 +49,20 @@ def contents(compiled: table.Table) -> dict[str, Any]:
     }
 
 
-def step(patching: table.Compiler, entries: Sequence[ServiceEntry], serial: int) -> tuple[table.Table, bool]:
-    """What the server does with a snapshot: patch if it can, else rebuild. True if it patched."""
-    patch = patching.patch(tuple(entries), serial)
+def step(
+    patching: table.Compiler, entries: Sequence[ServiceEntry], changes: tuple[list, list], serial: int
+) -> tuple[table.Table, bool]:
+    """What the server does with a snapshot and its changes: patch if it can, else rebuild. True if patched."""
+    patch = patching.patch(*changes, serial)
     if patch is None:
         return patching.build(tuple(entries), serial), False
     patch.apply(patching.table)
     return patching.table, True
+
+
+def reread(entry: ServiceEntry) -> ServiceEntry:
+    """The same entry read again: a new object, equal to the old one."""
+    return ServiceEntry(*(getattr(entry, field) for field in ServiceEntry.__slots__))
 
 
 def random_entry(rng: random.Random, index: int) -> ServiceEntry:
@@ -76,18 +83,20 @@ def test_a_patched_table_equals_a_rebuilt_one_after_every_change(seed: int):
     patched = 0
     for serial in range(2, 80):
         action = rng.random()
+        added: list[ServiceEntry] = []
+        removed: list[ServiceEntry] = []
         if action < 0.3 and entries:
-            entries.pop(rng.randrange(len(entries)))
+            removed.append(entries.pop(rng.randrange(len(entries))))
         elif action < 0.6:
-            entries.append(random_entry(rng, rng.randrange(12)))
-        elif action < 0.8 and entries:
-            entries[rng.randrange(len(entries))] = random_entry(rng, rng.randrange(12))
-        elif entries:  # the same entry re-read: a new, equal object
+            added.append(random_entry(rng, rng.randrange(12)))
+            entries.append(added[-1])
+        elif entries:  # modified, or read again unchanged
             index = rng.randrange(len(entries))
-            old = entries[index]
-            entries[index] = ServiceEntry(*(getattr(old, field) for field in ServiceEntry.__slots__))
+            removed.append(entries[index])
+            entries[index] = random_entry(rng, rng.randrange(12)) if action < 0.8 else reread(entries[index])
+            added.append(entries[index])
         before = contents(patching.table)
-        served, was_patched = step(patching, entries, serial)
+        served, was_patched = step(patching, entries, (added, removed), serial)
         patched += was_patched
         rebuilt = table.compile(entries, ZONES, ttl=30, serial=served.serial)
         assert contents(served) == contents(rebuilt), f"step {serial}"
@@ -100,8 +109,7 @@ def test_one_change_among_many_patches_only_that_name():
     entries = [se([f"s{i}.global"], [f"240.0.{i // 250}.{i % 250 + 1}"], name=f"s{i}") for i in range(1000)]
     patching = compiler()
     built = patching.build(tuple(entries), 1)
-    entries[7] = se(["s7.global"], ["240.9.9.9"], name="s7")
-    patch = patching.patch(tuple(entries), 2)
+    patch = patching.patch([se(["s7.global"], ["240.9.9.9"], name="s7")], [entries[7]], 2)
     assert patch is not None
     assert set(patch.names) == {table.to_wire("s7.global")}
     assert set(patch.hosts) == {"s7.global"}
@@ -112,8 +120,9 @@ def test_one_change_among_many_patches_only_that_name():
 
 def test_a_patch_moves_the_serial_of_every_negative_answer_and_the_apex_soa():
     patching = compiler()
-    served = patching.build((se(["a.global"], ["240.0.0.1"]),), 100)
-    patch = patching.patch((se(["b.global"], ["240.0.0.2"]),), 101)
+    a = se(["a.global"], ["240.0.0.1"])
+    served = patching.build((a,), 100)
+    patch = patching.patch([se(["b.global"], ["240.0.0.2"])], [a], 101)
     assert patch is not None
     patch.apply(served)
     for name, rdtype, section in (("nope.global", "A", "authority"), ("a.global", "AAAA", "authority")):
@@ -127,8 +136,7 @@ def test_an_unchanged_snapshot_is_an_empty_patch_that_keeps_the_serial():
     patching = compiler()
     entries = (se(["a.global"], ["240.0.0.1"]),)
     served = patching.build(entries, 5)
-    reread = tuple(ServiceEntry(*(getattr(e, field) for field in ServiceEntry.__slots__)) for e in entries)
-    patch = patching.patch(reread, 6)
+    patch = patching.patch([reread(entries[0])], [entries[0]], 6)
     assert patch is not None
     assert (patch.names, patch.hosts, patch.soas) == ({}, {}, {})
     patch.apply(served)
@@ -137,8 +145,11 @@ def test_an_unchanged_snapshot_is_an_empty_patch_that_keeps_the_serial():
 
 def test_a_changed_wildcard_or_a_large_change_rebuilds():
     patching = compiler()
-    patching.build((se(["a.global"], ["240.0.0.1"]),), 1)
-    assert patching.patch((se(["*.w.global"], ["240.0.0.2"]),), 2) is None
-    patching.build((se(["a.global"], ["240.0.0.1"]),), 3)
-    many = tuple(se([f"m{i}.global"], ["240.0.0.3"], name=f"m{i}") for i in range(table.Compiler.PATCH_LIMIT + 1))
-    assert patching.patch(many, 4) is None
+    a = se(["a.global"], ["240.0.0.1"])
+    patching.build((a,), 1)
+    assert patching.patch([se(["*.w.global"], ["240.0.0.2"])], [], 2) is None
+    patching.build((a,), 3)
+    many = [se([f"m{i}.global"], ["240.0.0.3"], name=f"m{i}") for i in range(table.Compiler.PATCH_LIMIT + 1)]
+    assert patching.patch(many, [], 4) is None
+    patching.build((a,), 5)
+    assert patching.patch([], [se(["never.global"], ["240.0.0.4"])], 6) is None  # changes that do not fit

@@ -9,12 +9,30 @@ from typing import NamedTuple, Protocol
 from globaldns.serviceentry import ServiceEntry
 
 
+class Changes(NamedTuple):
+    """Entries added and removed since the source's previous snapshot (a modified entry is both)."""
+
+    added: tuple[ServiceEntry, ...] = ()
+    removed: tuple[ServiceEntry, ...] = ()
+
+    def then(self, later: Changes | None) -> Changes | None:
+        """These changes followed by later ones, for snapshots that arrive faster than they are compiled."""
+        if later is None:
+            return None
+        return Changes(self.added + later.added, self.removed + later.removed)
+
+
 class Snapshot(NamedTuple):
-    """Every valid ServiceEntry a source knows now, one line per problem, and how many objects were invalid."""
+    """Every valid ServiceEntry a source knows now, one line per problem, and how many objects were invalid.
+
+    changes, when the source knows them, let the server patch its table instead of rebuilding it: at
+    100,000 entries even finding what changed by comparing two snapshots costs tens of milliseconds.
+    """
 
     entries: tuple[ServiceEntry, ...]
     problems: tuple[str, ...] = ()
     invalid: int = 0
+    changes: Changes | None = None  # None: unknown, rebuild
 
 
 Publish = Callable[[Snapshot], None]

@@ -19,7 +19,7 @@ import yaml
 from globaldns.errors import InvalidServiceEntry, SourceError
 from globaldns.logs import warn_once
 from globaldns.serviceentry import KIND, ServiceEntry
-from globaldns.sources import Publish, Snapshot, SourceStats
+from globaldns.sources import Changes, Publish, Snapshot, SourceStats
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,9 @@ class FilesSource:
         self.files: dict[str, tuple[Signature | None, ParsedFile]] = {}
         self.errors: dict[str, str] = {}
         self.stats = SourceStats()
+        self.added: list[ServiceEntry] = []  # since the last snapshot
+        self.removed: list[ServiceEntry] = []
+        self._published = False
         self._wake = asyncio.Event()
         self._force = False
 
@@ -142,7 +145,7 @@ class FilesSource:
         paths = find_files(self.path)
         changed = set(self.files) - set(paths)
         for gone in changed:
-            del self.files[gone]
+            self.removed += self.files.pop(gone)[1].entries
             self.errors.pop(gone, None)
             log.info("%s removed", gone)
         for path in paths:
@@ -164,6 +167,8 @@ class FilesSource:
             recovered = self.errors.pop(path, None) is not None
             if known is None or known[1] != parsed or recovered:
                 changed.add(path)
+                self.removed += known[1].entries if known is not None else ()
+                self.added += parsed.entries
             self.files[path] = (signature, parsed)
         return bool(changed)
 
@@ -171,4 +176,6 @@ class FilesSource:
         entries = tuple(entry for _, parsed in self.files.values() for entry in parsed.entries)
         problems = tuple(problem for _, parsed in self.files.values() for problem in parsed.problems)
         invalid = sum(parsed.invalid for _, parsed in self.files.values())
-        return Snapshot(entries, problems + tuple(self.errors.values()), invalid)
+        changes = Changes(tuple(self.added), tuple(self.removed)) if self._published else None
+        self.added, self.removed, self._published = [], [], True
+        return Snapshot(entries, problems + tuple(self.errors.values()), invalid, changes)

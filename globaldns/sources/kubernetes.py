@@ -30,7 +30,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from globaldns.errors import ConfigError, InvalidServiceEntry, SourceError
 from globaldns.serviceentry import API_GROUP, API_VERSIONS, ServiceEntry
-from globaldns.sources import Publish, Snapshot, SourceStats
+from globaldns.sources import Changes, Publish, Snapshot, SourceStats
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,9 @@ class Reflector:
         self.scope = f"namespace {namespace}" if namespace else "all namespaces"
         self.entries: dict[tuple[str, str], ServiceEntry] = {}
         self.problems: dict[tuple[str, str], str] = {}
+        self.added: list[ServiceEntry] = []  # since the last snapshot; taken with the store under the lock
+        self.removed: list[ServiceEntry] = []
+        self.lock = threading.Lock()  # this thread writes the store, the loop copies it
         self.synced = False
         self.stopping = threading.Event()
         self._response: Any = None  # the open watch response, which stop() and relist() cut
@@ -225,9 +228,20 @@ class Reflector:
             token = metadata.get("continue")
             if not token:
                 break
-        removed = len(self.entries.keys() - fresh.keys())
-        unchanged = self.synced and fresh == self.entries and problems == self.problems
-        self.entries, self.problems = fresh, problems
+        old = self.entries
+        added, removed = [], [old[key] for key in old.keys() - fresh.keys()]
+        gone = len(removed)
+        for key, entry in fresh.items():
+            before = old.get(key)
+            if before is None or before != entry:
+                added.append(entry)
+                if before is not None:
+                    removed.append(before)
+        unchanged = self.synced and not added and not removed and problems == self.problems
+        with self.lock:
+            self.entries, self.problems = fresh, problems
+            self.added += added
+            self.removed += removed
         self.synced = True
         self.stats.syncs_ok += 1
         self.stats.last_sync = time.time()
@@ -237,7 +251,7 @@ class Reflector:
             listed,
             version,
             resource_version,
-            removed,
+            gone,
         )
         if not unchanged:
             self.changed()
@@ -294,15 +308,20 @@ class Reflector:
         if kind == "BOOKMARK":
             return metadata.get("resourceVersion")
         key = (metadata.get("namespace") or "default", metadata.get("name") or "")
-        if kind == "DELETED":
-            self.entries.pop(key, None)
-            self.problems.pop(key, None)
-        elif kind in ("ADDED", "MODIFIED"):
-            self.problems.pop(key, None)
-            self.entries.pop(key, None)
-            self._parse(obj, self.entries, self.problems)
-        else:
+        if kind not in ("ADDED", "MODIFIED", "DELETED"):
             return None
+        fresh: dict[tuple[str, str], ServiceEntry] = {}
+        problems: dict[tuple[str, str], str] = {}
+        if kind != "DELETED":
+            self._parse(obj, fresh, problems)
+        with self.lock:
+            before = self.entries.pop(key, None)
+            self.problems.pop(key, None)
+            self.entries.update(fresh)
+            self.problems.update(problems)
+            if before is not None:
+                self.removed.append(before)
+            self.added += fresh.values()
         self.changed()
         return metadata.get("resourceVersion")
 
@@ -379,6 +398,7 @@ class KubernetesSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publish: Publish | None = None
         self._scheduled = False
+        self._published = False
 
     async def run(self, publish: Publish) -> None:
         self._loop = asyncio.get_running_loop()
@@ -427,11 +447,19 @@ class KubernetesSource:
         entries: list[ServiceEntry] = []
         problems: list[str] = []
         invalid = 0
+        added: list[ServiceEntry] = []
+        removed: list[ServiceEntry] = []
         for reflector in self.reflectors:
-            valid = reflector.entries.copy()
-            problem_of = reflector.problems.copy()
+            with reflector.lock:
+                valid = reflector.entries.copy()
+                problem_of = reflector.problems.copy()
+                added += reflector.added
+                removed += reflector.removed
+                reflector.added, reflector.removed = [], []
             entries += valid.values()
             problems += problem_of.values()
             invalid += len(problem_of.keys() - valid.keys())  # a problem without an entry: the object was invalid
+        changes = Changes(tuple(added), tuple(removed)) if self._published else None  # the first one: all new
+        self._published = True
         assert self._publish is not None
-        self._publish(Snapshot(tuple(entries), tuple(problems), invalid))
+        self._publish(Snapshot(tuple(entries), tuple(problems), invalid, changes))
