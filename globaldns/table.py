@@ -18,7 +18,7 @@ from dnslib import NS as NSRecord
 from dnslib import QTYPE, RR, DNSBuffer
 from dnslib import SOA as SOARecord
 
-from globaldns import metrics, wire
+from globaldns import heap, metrics, wire
 from globaldns.config import IPAddress
 from globaldns.serviceentry import ServiceEntry
 
@@ -223,6 +223,7 @@ class Compiler:
         """The table before the first snapshot: zones only, whose every answer is SERVFAIL."""
         return self._new_table(0, synced=False)
 
+    @heap.collector_paused()
     def build(self, entries: tuple[ServiceEntry, ...], serial: int) -> Table:
         """A complete table; hosts outside every zone are ignored, a contested host goes to the oldest entry."""
         table = self._new_table(serial)

@@ -28,6 +28,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from globaldns import heap
 from globaldns.errors import ConfigError, InvalidServiceEntry, SourceError
 from globaldns.serviceentry import API_GROUP, API_VERSIONS, ServiceEntry
 from globaldns.sources import Changes, Publish, Snapshot, SourceStats
@@ -221,8 +222,9 @@ class Reflector:
             page = self._call(self._list_function(), version, limit=self.settings.page_size, _continue=token)
             items = page.get("items") or []
             listed += len(items)
-            for obj in items:
-                self._parse(obj, fresh, problems)
+            with heap.collector_paused():
+                for obj in items:
+                    self._parse(obj, fresh, problems)
             metadata = page.get("metadata") or {}
             resource_version = metadata.get("resourceVersion") or resource_version
             token = metadata.get("continue")
