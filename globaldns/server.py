@@ -26,7 +26,7 @@ from globaldns.config import Config, Endpoint, read_resolv_conf
 from globaldns.errors import ConfigError
 from globaldns.forward import Forwarder
 from globaldns.metrics import Counters, DNSCollector, server_label, table_json
-from globaldns.probes import Route, bound_port, serve_http, text
+from globaldns.probes import bound_port, serve_endpoints, text
 from globaldns.protocols.tcp import TCPProtocol
 from globaldns.protocols.udp import UDPProtocol
 from globaldns.resolver import QueryLoggingResolver, Resolver
@@ -232,15 +232,7 @@ class Server:
             task = asyncio.create_task(coroutine, name=name)
             task.add_done_callback(self._guard)
             self._tasks.append(task)
-        for flag, endpoint, routes in self._http_endpoints():
-            try:
-                server = await serve_http(endpoint, routes)
-            except OSError as error:
-                raise OSError(f"{flag} {endpoint}: {error.strerror}") from error
-            self._http.append(server)
-            self.http_ports[flag] = bound_port(server)
-            for path in routes:
-                log.info("%s on http://%s:%d%s", path.strip("/"), endpoint.host, bound_port(server), path)
+        self._http, self.http_ports = await serve_endpoints(self.config, self._ready, self._metrics, self._table)
         for endpoint in self.config.listen:
             try:
                 port = await self._listen(endpoint)
@@ -259,23 +251,6 @@ class Server:
             log.info("forwarding to %s (%s), cache %d entries", upstreams, forwarder.policy, self.config.cache_size)
         self.state.listening = True
         self.started.set()
-
-    def _http_endpoints(self) -> list[tuple[str, Endpoint, dict[str, Route]]]:
-        """/health, /ready and /metrics (+ /table); flags naming the same address share one port."""
-        wanted: list[tuple[str, Endpoint, dict[str, Route]]] = [
-            ("--health", self.config.health, {"/health": lambda: text(200, "OK")}),
-            ("--ready", self.config.ready, {"/ready": self._ready}),
-        ]
-        if self.config.metrics is not None:
-            wanted.append(("--metrics", self.config.metrics, {"/metrics": self._metrics, "/table": self._table}))
-        merged: list[tuple[str, Endpoint, dict[str, Route]]] = []
-        for flag, endpoint, routes in wanted:
-            same = next((m for m in merged if m[1] == endpoint and endpoint.port != 0), None)
-            if same is None:
-                merged.append((flag, endpoint, dict(routes)))
-            else:
-                same[2].update(routes)
-        return merged
 
     def _metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
