@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import uvloop
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, PlatformCollector, ProcessCollector
@@ -35,7 +37,7 @@ from globaldns.sources.files import FilesSource
 
 log = logging.getLogger("globaldns")
 
-_BIND_ATTEMPTS = 10  # port 0: TCP picks a port, UDP may find it taken and we try again
+BIND_ATTEMPTS = 10  # port 0: TCP picks a port, UDP may find it taken and we try again
 
 
 class ServerState:
@@ -199,16 +201,25 @@ class Server:
                 self.resolver, self.state.connections, config.tcp_idle_timeout, config.tcp_max_connections, tcp_counters
             )
 
-        for attempt in range(_BIND_ATTEMPTS):
-            tcp = await loop.create_server(tcp_protocol, endpoint.host, endpoint.port, reuse_address=True, backlog=1024)
+        for attempt in range(BIND_ATTEMPTS):
+            tcp = await loop.create_server(
+                tcp_protocol,
+                endpoint.host,
+                endpoint.port,
+                reuse_address=True,
+                reuse_port=config.reuse_port,
+                backlog=1024,
+            )
             port = bound_port(tcp)
             try:
                 udp, _ = await loop.create_datagram_endpoint(
-                    lambda: UDPProtocol(self.resolver, udp_counters), local_addr=(endpoint.host, port)
+                    lambda: UDPProtocol(self.resolver, udp_counters),
+                    local_addr=(endpoint.host, port),
+                    reuse_port=config.reuse_port,
                 )
             except OSError:
                 tcp.close()
-                if endpoint.port != 0 or attempt == _BIND_ATTEMPTS - 1:
+                if endpoint.port != 0 or attempt == BIND_ATTEMPTS - 1:
                     raise
                 continue
             self._tcp.append(tcp)
@@ -298,12 +309,19 @@ class Server:
             server.close()
 
 
-def run(config: Config) -> int:
-    logs.setup(config.log_level, config.log_format)
-    log.info("globaldns starting: %s", config)
-    server = Server(config)
+def run(config: Config, serve: Callable[[Server], Coroutine[Any, Any, int]] = Server.serve) -> int:
+    """`globaldns serve`: this process serves, or with --workers N it supervises N processes that do (each of
+    which runs this too, with its own `serve`: globaldns.workers)."""
+    logs.setup(config.log_level, config.log_format, config.worker)
+    log.log(logging.INFO if config.worker is None else logging.DEBUG, "globaldns starting: %s", config)
+    if config.workers > 1:
+        from globaldns.workers import Supervisor
+
+        main = Supervisor(config).serve()
+    else:
+        main = serve(Server(config))
     try:
-        return uvloop.run(server.serve())
+        return uvloop.run(main)
     except OSError as error:
         print(f"globaldns: {error}", file=sys.stderr)
         return 1
