@@ -150,6 +150,12 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
         metavar="N",
         help="forwarded replies kept (default 10000; 0: no cache)",
     )
+    add(
+        "--workers",
+        type=_typed(config.parse_workers),
+        metavar="N",
+        help="processes sharing the --listen ports, each with its own source and cache (default 1)",
+    )
     return serve
 
 

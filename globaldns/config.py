@@ -63,6 +63,9 @@ class Config:
     reload_interval: float = 1.0
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
+    workers: int = 1  # processes serving the same --listen ports (globaldns.workers); 1: this process alone
+    worker: int | None = None  # set by the supervisor in each worker: which one it is (its log lines say so)
+    reuse_port: bool = False  # SO_REUSEPORT on the --listen sockets, so that workers share them
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -153,6 +156,13 @@ def parse_count(text: str) -> int:
     """A whole number, 0 or more."""
     if not (text.isascii() and text.isdigit()):
         raise ConfigError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def parse_workers(text: str) -> int:
+    """A number of worker processes, 1 or more."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise ConfigError(f"{text!r} is not a number of processes (1 or more)")
     return int(text)
 
 

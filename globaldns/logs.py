@@ -17,13 +17,19 @@ LOG_FORMATS = ("text", "json")
 
 
 class JSONFormatter(logging.Formatter):
-    """One JSON object a line, for log pipelines: time, level, logger, message (and the exception)."""
+    """One JSON object a line, for log pipelines: time, level, logger, worker (with --workers), message (and the
+    exception)."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = {} if worker is None else {"worker": worker}
 
     def format(self, record: logging.LogRecord) -> str:
         line = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            **self.worker,
             "message": record.getMessage(),
         }
         if record.exc_info:
@@ -31,11 +37,15 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(line)
 
 
-def setup(level: str, style: str = "text") -> None:
-    """One stderr handler: CoreDNS-like `[LEVEL] logger: message` lines, or JSON objects; times in UTC."""
+def setup(level: str, style: str = "text", worker: int | None = None) -> None:
+    """One stderr handler: CoreDNS-like `[LEVEL] logger: message` lines, or JSON objects; times in UTC. A worker
+    of --workers says which one it is (`logger worker=2: message`), as its lines share the supervisor's stderr."""
     handler = logging.StreamHandler(sys.stderr)
+    tag = "" if worker is None else f" worker={worker}"
     formatter = (
-        JSONFormatter() if style == "json" else logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+        JSONFormatter(worker)
+        if style == "json"
+        else logging.Formatter(f"%(asctime)s [%(levelname)s] %(name)s{tag}: %(message)s")
     )
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)

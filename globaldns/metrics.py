@@ -3,19 +3,23 @@
 The hot path never touches prometheus_client. Each reply is counted with one integer it already holds,
 its *outcome* (zone, rcode, plugin; precomputed with the answer), plus the query type and duration;
 request and response lengths are counted exactly, so both size histograms and their sums are derived
-here. DNSCollector turns those numbers into families when /metrics is scraped, on the server's loop.
+here. DNSCollector turns those numbers into families when /metrics is scraped, on the server's loop; with
+--workers, merge() makes the workers' expositions one.
 """
 
 from __future__ import annotations
 
+import operator
 import platform
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from globaldns import __version__, wire
 
@@ -33,6 +37,16 @@ TYPE_LABELS = ("other", *(wire.TYPE_NAMES[code] for code in _TYPE_CODES[1:]))
 TYPE_SLOT = bytes(_TYPE_CODES.index(code) if code in _TYPE_CODES else 0 for code in range(65536))
 RCODES = wire.RCODE_NAMES
 ONE_REPLY = 1 << 64  # Counters.replies values: replies << 64 | nanoseconds (584 years before they would overlap)
+# How merge() combines the gauges of several processes (--workers); counters and histograms are summed. What each
+# process holds adds up, a time is the oldest one, and any other gauge is a fact all share: the first process's.
+GAUGE_MERGE: dict[str, Callable[[float, float], float]] = {
+    "coredns_cache_entries": operator.add,
+    "process_resident_memory_bytes": operator.add,
+    "process_virtual_memory_bytes": operator.add,
+    "process_open_fds": operator.add,
+    "process_start_time_seconds": min,
+    "globaldns_source_last_sync_timestamp_seconds": min,
+}
 
 
 class Outcomes:
@@ -300,6 +314,41 @@ def _counter(
     for values, value in sorted(samples.items()):
         family.add_metric(list(values), value)
     return family
+
+
+def merge(expositions: Iterable[str]) -> bytes:
+    """One exposition from those of several processes: every series of each family once, summed across them,
+    except gauges (GAUGE_MERGE); families, series and labels keep the first process's order."""
+    families: dict[str, Metric] = {}
+    series: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in expositions:
+        for family in text_string_to_metric_families(text):
+            families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            combine = GAUGE_MERGE.get(family.name, _first) if family.type == "gauge" else operator.add
+            values = series.setdefault(family.name, {})
+            for sample in family.samples:
+                key = (sample.name, tuple(sample.labels.items()))
+                values[key] = sample.value if key not in values else combine(values[key], sample.value)
+    for name, family in families.items():
+        for (sample, labels), value in series[name].items():
+            family.add_sample(sample, dict(labels), value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)
+
+
+def _first(kept: float, _: float) -> float:
+    return kept
+
+
+class _Families(Collector):
+    """Families already built, for generate_latest."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
 
 
 def table_json(server: Server) -> dict[str, Any]:

@@ -1,22 +1,25 @@
-"""Tiny HTTP/1.1 endpoints on the server's own loop: /health and /ready (and later /metrics)."""
+"""Tiny HTTP/1.1 endpoints on the server's own loop: /health, /ready, /metrics and /table, and the client the
+supervisor of --workers asks its workers' endpoints with."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from globaldns.config import Endpoint
+from globaldns.config import Config, Endpoint
 
 log = logging.getLogger(__name__)
 
-# A route returns (status, content type, body).
-Route = Callable[[], tuple[int, str, bytes]]
+# A route returns (status, content type, body), or a coroutine that does.
+Answer = tuple[int, str, bytes]
+Route = Callable[[], Answer | Awaitable[Answer]]
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 _READ_TIMEOUT = 5.0
 
 
-def text(status: int, body: str) -> tuple[int, str, bytes]:
+def text(status: int, body: str) -> Answer:
     return status, "text/plain; charset=utf-8", body.encode()
 
 
@@ -34,7 +37,8 @@ async def serve_http(endpoint: Endpoint, routes: dict[str, Route]) -> asyncio.Se
             elif route is None:
                 status, kind, body = text(404, "not found\n")
             else:
-                status, kind, body = route()
+                answer = route()
+                status, kind, body = await answer if inspect.isawaitable(answer) else answer
             writer.write(
                 f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {kind}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
@@ -49,6 +53,57 @@ async def serve_http(endpoint: Endpoint, routes: dict[str, Route]) -> asyncio.Se
             writer.close()
 
     return await asyncio.start_server(handle, endpoint.host, endpoint.port, reuse_address=True)
+
+
+async def serve_endpoints(
+    config: Config, ready: Route, metrics: Route, table: Route
+) -> tuple[list[asyncio.Server], dict[str, int]]:
+    """/health, /ready and /metrics (+ /table) where --health, --ready and --metrics say; flags naming the same
+    address share one port. The servers, and the port bound for each flag."""
+    wanted: list[tuple[str, Endpoint, dict[str, Route]]] = [
+        ("--health", config.health, {"/health": lambda: text(200, "OK")}),
+        ("--ready", config.ready, {"/ready": ready}),
+    ]
+    if config.metrics is not None:
+        wanted.append(("--metrics", config.metrics, {"/metrics": metrics, "/table": table}))
+    merged: list[tuple[list[str], Endpoint, dict[str, Route]]] = []
+    for flag, endpoint, routes in wanted:
+        same = next((m for m in merged if m[1] == endpoint and endpoint.port != 0), None)
+        if same is None:
+            merged.append(([flag], endpoint, dict(routes)))
+        else:
+            same[0].append(flag)
+            same[2].update(routes)
+    servers, ports = [], {}
+    try:
+        for flags, endpoint, routes in merged:
+            try:
+                server = await serve_http(endpoint, routes)
+            except OSError as error:
+                raise OSError(f"{flags[0]} {endpoint}: {error.strerror}") from error
+            servers.append(server)
+            ports |= dict.fromkeys(flags, bound_port(server))
+            for path in routes:
+                log.info("%s on http://%s:%d%s", path.strip("/"), endpoint.host, bound_port(server), path)
+    except OSError:
+        for server in servers:
+            server.close()
+        raise
+    return servers, ports
+
+
+async def fetch(port: int, path: str, timeout: float) -> tuple[int, bytes]:
+    """GET http://127.0.0.1:port/path from another process's serve_http: the status and the body. Raises OSError,
+    TimeoutError, or ValueError for an answer that is not HTTP."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            response = await reader.read()  # serve_http answers one request, then closes
+        finally:
+            writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head[9:12]), body  # b"HTTP/1.1 200 OK"
 
 
 def bound_port(server: asyncio.Server) -> int:

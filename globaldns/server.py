@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import uvloop
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, PlatformCollector, ProcessCollector
@@ -26,7 +28,7 @@ from globaldns.config import Config, Endpoint, read_resolv_conf
 from globaldns.errors import ConfigError
 from globaldns.forward import Forwarder
 from globaldns.metrics import Counters, DNSCollector, server_label, table_json
-from globaldns.probes import Route, bound_port, serve_http, text
+from globaldns.probes import bound_port, serve_endpoints, text
 from globaldns.protocols.tcp import TCPProtocol
 from globaldns.protocols.udp import UDPProtocol
 from globaldns.resolver import QueryLoggingResolver, Resolver
@@ -35,7 +37,7 @@ from globaldns.sources.files import FilesSource
 
 log = logging.getLogger("globaldns")
 
-_BIND_ATTEMPTS = 10  # port 0: TCP picks a port, UDP may find it taken and we try again
+BIND_ATTEMPTS = 10  # port 0: TCP picks a port, UDP may find it taken and we try again
 
 
 class ServerState:
@@ -216,16 +218,25 @@ class Server:
                 self.resolver, self.state.connections, config.tcp_idle_timeout, config.tcp_max_connections, tcp_counters
             )
 
-        for attempt in range(_BIND_ATTEMPTS):
-            tcp = await loop.create_server(tcp_protocol, endpoint.host, endpoint.port, reuse_address=True, backlog=1024)
+        for attempt in range(BIND_ATTEMPTS):
+            tcp = await loop.create_server(
+                tcp_protocol,
+                endpoint.host,
+                endpoint.port,
+                reuse_address=True,
+                reuse_port=config.reuse_port,
+                backlog=1024,
+            )
             port = bound_port(tcp)
             try:
                 udp, _ = await loop.create_datagram_endpoint(
-                    lambda: UDPProtocol(self.resolver, udp_counters), local_addr=(endpoint.host, port)
+                    lambda: UDPProtocol(self.resolver, udp_counters),
+                    local_addr=(endpoint.host, port),
+                    reuse_port=config.reuse_port,
                 )
             except OSError:
                 tcp.close()
-                if endpoint.port != 0 or attempt == _BIND_ATTEMPTS - 1:
+                if endpoint.port != 0 or attempt == BIND_ATTEMPTS - 1:
                     raise
                 continue
             self._tcp.append(tcp)
@@ -249,15 +260,7 @@ class Server:
             task = asyncio.create_task(coroutine, name=name)
             task.add_done_callback(self._guard)
             self._tasks.append(task)
-        for flag, endpoint, routes in self._http_endpoints():
-            try:
-                server = await serve_http(endpoint, routes)
-            except OSError as error:
-                raise OSError(f"{flag} {endpoint}: {error.strerror}") from error
-            self._http.append(server)
-            self.http_ports[flag] = bound_port(server)
-            for path in routes:
-                log.info("%s on http://%s:%d%s", path.strip("/"), endpoint.host, bound_port(server), path)
+        self._http, self.http_ports = await serve_endpoints(self.config, self._ready, self._metrics, self._table)
         for endpoint in self.config.listen:
             try:
                 port = await self._listen(endpoint)
@@ -276,23 +279,6 @@ class Server:
             log.info("forwarding to %s (%s), cache %d entries", upstreams, forwarder.policy, self.config.cache_size)
         self.state.listening = True
         self.started.set()
-
-    def _http_endpoints(self) -> list[tuple[str, Endpoint, dict[str, Route]]]:
-        """/health, /ready and /metrics (+ /table); flags naming the same address share one port."""
-        wanted: list[tuple[str, Endpoint, dict[str, Route]]] = [
-            ("--health", self.config.health, {"/health": lambda: text(200, "OK")}),
-            ("--ready", self.config.ready, {"/ready": self._ready}),
-        ]
-        if self.config.metrics is not None:
-            wanted.append(("--metrics", self.config.metrics, {"/metrics": self._metrics, "/table": self._table}))
-        merged: list[tuple[str, Endpoint, dict[str, Route]]] = []
-        for flag, endpoint, routes in wanted:
-            same = next((m for m in merged if m[1] == endpoint and endpoint.port != 0), None)
-            if same is None:
-                merged.append((flag, endpoint, dict(routes)))
-            else:
-                same[2].update(routes)
-        return merged
 
     def _metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
@@ -340,12 +326,19 @@ class Server:
             server.close()
 
 
-def run(config: Config) -> int:
-    logs.setup(config.log_level, config.log_format)
-    log.info("globaldns starting: %s", config)
-    server = Server(config)
+def run(config: Config, serve: Callable[[Server], Coroutine[Any, Any, int]] = Server.serve) -> int:
+    """`globaldns serve`: this process serves, or with --workers N it supervises N processes that do (each of
+    which runs this too, with its own `serve`: globaldns.workers)."""
+    logs.setup(config.log_level, config.log_format, config.worker)
+    log.log(logging.INFO if config.worker is None else logging.DEBUG, "globaldns starting: %s", config)
+    if config.workers > 1:
+        from globaldns.workers import Supervisor
+
+        main = Supervisor(config).serve()
+    else:
+        main = serve(Server(config))
     try:
-        return uvloop.run(server.serve())
+        return uvloop.run(main)
     except OSError as error:
         print(f"globaldns: {error}", file=sys.stderr)
         return 1

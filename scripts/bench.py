@@ -5,14 +5,16 @@ Workloads (1,000 `.global` names; a local upstream for forwarded names):
   (100 forwarded names, warm)   W4 AAAA NODATA of IPv4-only names   W5 cache misses (unique names)
   W1-tcp (pipelined)   and W1-W4 again with EDNS (`dnsperf -e`), as CoreDNS and NodeLocal DNSCache send.
 For each: queries/s, average and p99 latency (p99 from a separate short `dnsperf -v` run), lost
-queries, and the server's own CPU time per answered query from /proc/PID/stat. With --vs, the other
-server runs the same workloads in alternation (A B A B ...) and the medians' ratios are printed.
+queries, and the server's own CPU time per answered query from /proc/PID/stat, summed over its processes
+(so `--against '--workers 2'` counts every worker). With --vs, the other server runs the same workloads in
+alternation (A B A B ...) and the medians' ratios are printed.
 Speed is measured here, never asserted in the test suite (which only runs --quick so this cannot rot).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -23,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,10 +106,13 @@ def write_inputs(work: Path, names: int, unique: int) -> None:
 
 
 class Server:
-    """A server process started from a shell command; the command must `exec` so its PID is the server's."""
+    """A server process started from a shell command; the command must `exec` so its PID is the server's. CPU and
+    memory count its child processes too (--workers). With `ready`, the port of its /ready, it is waited for."""
 
-    def __init__(self, label: str, command: str, port: int, probe: str = "svc-0.ns-0.global") -> None:
-        self.label, self.command, self.port, self.probe = label, command, port, probe
+    def __init__(
+        self, label: str, command: str, port: int, probe: str = "svc-0.ns-0.global", ready: int | None = None
+    ) -> None:
+        self.label, self.command, self.port, self.probe, self.ready = label, command, port, probe, ready
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -115,17 +122,30 @@ class Server:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        wait_for_dns(self.port, self.probe)
+        wait_until(lambda: answers(self.port, self.probe), f"nothing answers on 127.0.0.1:{self.port}")
+        if self.ready is not None:  # every worker loaded, not only the one that answered
+            wait_until(lambda: is_ready(self.ready), f"127.0.0.1:{self.ready}/ready is not 200")
 
     def cpu_ticks(self) -> int:
-        assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
+        stats = (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split() for pid in self.pids())
+        return sum(int(fields[11]) + int(fields[12]) for fields in stats)  # utime + stime
 
     def rss_mb(self) -> float:
+        statuses = (Path(f"/proc/{pid}/status").read_text() for pid in self.pids())
+        return sum(int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) for status in statuses) / 1024  # type: ignore[union-attr]
+
+    def pids(self) -> list[int]:
+        """The server and every process below it."""
         assert self.process is not None
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(stat.parent.name))
+        tree = [self.process.pid]
+        for pid in tree:  # the list grows as it is walked: breadth first
+            tree += children.get(pid, [])
+        return tree
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -137,21 +157,27 @@ class Server:
                 self.process.wait()
 
 
-def wait_for_dns(port: int, name: str, timeout: float = 60.0) -> None:
-    """Until the server answers `name` with an address: up and loaded."""
+def wait_until(done: Callable[[], bool], failure: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if done():
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"bench: {failure}")
+
+
+def answers(port: int, name: str) -> bool:
+    """The server answers `name` with an address: up and loaded."""
     import dns.message
     import dns.query
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.2)
-            if reply.answer:
-                return
-        except Exception:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"bench: nothing answers on 127.0.0.1:{port}")
+    return bool(dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.2).answer)
+
+
+def is_ready(port: int) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as response:
+        return response.status == 200
 
 
 def dnsperf(port: int, queries: Path, seconds: float, flags: tuple[str, ...], verbose: bool = False) -> str:
@@ -201,12 +227,14 @@ def measure(server: Server, work: Path, workload: Workload, seconds: float, late
     return result
 
 
-def globaldns_command(port: int, work: Path, upstream: int, extra: str) -> str:
-    return (
+def globaldns(label: str, work: Path, upstream: int, extra: str) -> Server:
+    port, ready = free_port(), free_port()
+    command = (
         f"{shlex.quote(sys.executable)} -m globaldns serve --listen 127.0.0.1:{port} "
         f"--service-entries {work / 'entries.yaml'} --upstream 127.0.0.1:{upstream} --health 127.0.0.1:0 "
-        f"--ready 127.0.0.1:0 --metrics 127.0.0.1:0 --lameduck 0 --log-level warning {extra}"
+        f"--ready 127.0.0.1:{ready} --metrics 127.0.0.1:0 --lameduck 0 --log-level warning {extra}"
     )
+    return Server(label, command, port, ready=ready)
 
 
 def other_command(template: str, port: int, work: Path, upstream: int) -> str:
@@ -271,15 +299,12 @@ def main() -> int:
             upstream_port,
             probe="name0.example.com",
         )
-        servers = [Server("globaldns", globaldns_command(port := free_port(), work, upstream_port, ""), port)]
+        servers = [globaldns("globaldns", work, upstream_port, "")]
         if args.vs and not args.quick:
             port = free_port()
             servers.append(Server(args.vs, other_command(args.vs, port, work, upstream_port), port))
         elif args.against and not args.quick:
-            port = free_port()
-            servers.append(
-                Server(f"globaldns {args.against}", globaldns_command(port, work, upstream_port, args.against), port)
-            )
+            servers.append(globaldns(f"globaldns {args.against}", work, upstream_port, args.against))
         results: dict[tuple[str, str], list[Result]] = {}
         upstream.start()
         try:

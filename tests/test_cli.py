@@ -85,6 +85,8 @@ V4, V6 = ipaddress.ip_address("240.0.0.1"), ipaddress.ip_address("2001:db8::1")
         pytest.param(["--lameduck", "0"], {"lameduck": 0.0}, id="lameduck-0"),
         pytest.param(["--log-level", "DEBUG"], {"log_level": "debug"}, id="log-level"),
         pytest.param(["--log-queries"], {"log_queries": True}, id="log-queries"),
+        pytest.param(["--workers", "4"], {"workers": 4}, id="workers"),
+        pytest.param(["--workers", "1"], {}, id="workers-1"),
         pytest.param(
             ["--ttl=5", "--log-level=error", "--zone=mesh"],
             {"ttl": 5, "log_level": "error", "zones": ("mesh",)},
@@ -120,6 +122,7 @@ def test_flags(argv, expected):
         pytest.param({"GLOBALDNS_LOG_QUERIES": "true"}, {"log_queries": True}, id="log-queries-true"),
         pytest.param({"GLOBALDNS_LOG_QUERIES": "YES"}, {"log_queries": True}, id="log-queries-yes"),
         pytest.param({"GLOBALDNS_LOG_QUERIES": "false"}, {}, id="log-queries-false"),
+        pytest.param({"GLOBALDNS_WORKERS": "2"}, {"workers": 2}, id="workers"),
         pytest.param({"GLOBALDNS_LOG_QUERIES": ""}, {}, id="log-queries-empty"),
         pytest.param({"GLOBALDNS_NOT_A_FLAG": "x", "TTL": "5"}, {}, id="unrelated-variables-ignored"),
         pytest.param({"GLOBALDNS_H": "x"}, {}, id="help-is-not-a-variable"),
@@ -171,6 +174,9 @@ def test_flag_wins_over_environment(argv, environ, expected):
         pytest.param(["--ready", "host:80"], {}, "--ready", id="ready"),
         pytest.param(["--lameduck", "soon"], {}, "--lameduck", id="lameduck"),
         pytest.param(["--log-level", "loud"], {}, "--log-level", id="log-level"),
+        pytest.param(["--workers", "0"], {}, "--workers", id="workers-0"),
+        pytest.param(["--workers", "auto"], {}, "--workers", id="workers-auto"),
+        pytest.param(["--workers", "-2"], {}, "--workers", id="workers-negative"),
         pytest.param(["--no-such-flag"], {}, "--no-such-flag", id="unknown-flag"),
         pytest.param([], {"GLOBALDNS_TTL": "x"}, "GLOBALDNS_TTL", id="env-ttl"),
         pytest.param([], {"GLOBALDNS_TTL": "\u00b2"}, "GLOBALDNS_TTL", id="env-ttl-superscript"),
@@ -182,6 +188,7 @@ def test_flag_wins_over_environment(argv, environ, expected):
         pytest.param([], {"GLOBALDNS_DEFAULT_ADDRESS": "nope"}, "GLOBALDNS_DEFAULT_ADDRESS", id="env-default-address"),
         pytest.param([], {"GLOBALDNS_LOG_QUERIES": "maybe"}, "GLOBALDNS_LOG_QUERIES", id="env-log-queries"),
         pytest.param([], {"GLOBALDNS_LOG_LEVEL": "loud"}, "GLOBALDNS_LOG_LEVEL", id="env-log-level"),
+        pytest.param([], {"GLOBALDNS_WORKERS": "0"}, "GLOBALDNS_WORKERS", id="env-workers-0"),
     ],
 )
 def test_bad_values_exit_2_naming_the_flag(capsys, argv, environ, named):

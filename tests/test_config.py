@@ -25,6 +25,7 @@ def test_defaults():
     assert defaults.lameduck == 5.0
     assert defaults.log_level == "info"
     assert defaults.log_queries is False
+    assert (defaults.workers, defaults.worker, defaults.reuse_port) == (1, None, False)
 
 
 def test_config_is_frozen():
@@ -153,6 +154,21 @@ def test_parse_log_level(text, expected):
 def test_parse_log_level_rejects(text):
     with pytest.raises(ConfigError, match="debug, info, warning, error"):
         config.parse_log_level(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1", 1), ("2", 2), ("16", 16)])
+def test_parse_workers(text, expected):
+    assert config.parse_workers(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["0", "-1", "", "auto", "1.5", " 2", "\u00b2"],
+    ids=["0", "-1", "empty", "auto", "1.5", "space", "superscript-2"],
+)
+def test_parse_workers_rejects(text):
+    with pytest.raises(ConfigError, match="not a number of processes"):
+        config.parse_workers(text)
 
 
 def test_config_error_is_a_globaldns_error():

@@ -100,6 +100,19 @@ def test_text_lines_are_corednss_shape_in_utc(root_logger, far_timezone, monkeyp
     assert -1 <= utc_seconds_ago(found.group(1), "%Y-%m-%d %H:%M:%S") < 5
 
 
+def test_a_worker_says_which_one_it_is(root_logger, monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    for style in ("text", "json"):
+        logs.setup("info", style, worker=2)
+        logging.getLogger("globaldns.test").info("serving %d names", 7)
+    text, line = stream.getvalue().splitlines()
+    assert re.fullmatch(r"\S+ \S+,\d{3} \[INFO\] globaldns\.test worker=2: serving 7 names", text), text
+    record = json.loads(line)
+    assert list(record) == ["time", "level", "logger", "worker", "message"]
+    assert (record["worker"], record["message"]) == (2, "serving 7 names")
+
+
 def test_server_logs_json_with_log_format_json():
     server = ServerProcess("--service-entries", str(EXAMPLES), "--log-format", "json")
     try:

@@ -15,7 +15,8 @@ import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from globaldns import cache, resolver, table, wire
 from globaldns.config import Endpoint
@@ -28,6 +29,7 @@ from globaldns.metrics import (
     Counters,
     DNSCollector,
     Outcomes,
+    merge,
     outcome,
     server_label,
 )
@@ -424,3 +426,83 @@ def test_proxy_durations_have_sub_millisecond_resolution():
             assert total <= value("coredns_dns_request_duration_seconds_sum", dns_series)
 
         assert run_server(test, upstream=(Endpoint("127.0.0.1", upstream.port),)) == 0
+
+
+# -- merge (--workers) -----------------------------------------------------------------------------------------
+
+
+def exposition(*counters: Counters) -> str:
+    registry = registry_of(*counters)
+    for collector in (ProcessCollector(registry=None), PlatformCollector(registry=None)):
+        registry.register(collector)
+    return generate_latest(registry).decode()
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_merge_of_one_exposition_is_that_exposition():
+    counters = Counters(S, "udp", 1)
+    counters.count(outcome("global.", wire.NOERROR, PLUGIN), wire.A, 40, 56, True, 300_000)
+    text = exposition(counters)
+    assert merge([text]).decode() == text
+
+
+def test_merge_sums_counters_and_histograms_series_by_series():
+    noerror, nxdomain = outcome("global.", wire.NOERROR, PLUGIN), outcome("global.", wire.NXDOMAIN, PLUGIN)
+    first, second = Counters(S, "udp", 1), Counters(S, "udp", 1)
+    for _ in range(3):
+        first.count(noerror, wire.A, 40, 56, False, 100_000)
+    second.count(noerror, wire.A, 40, 56, False, 3_000_000)
+    second.count(nxdomain, wire.AAAA, 40, 90, True, 100_000)  # series the first worker does not have
+    both = Counters(S, "udp", 1)  # what one process answering all four would count
+    for _ in range(3):
+        both.count(noerror, wire.A, 40, 56, False, 100_000)
+    both.count(noerror, wire.A, 40, 56, False, 3_000_000)
+    both.count(nxdomain, wire.AAAA, 40, 90, True, 100_000)
+    merged, alone = samples(merge([exposition(first), exposition(second)]).decode()), samples(exposition(both))
+    dns_only = {key: value for key, value in alone.items() if key[0].startswith("coredns_")}
+    assert {key: merged[key] for key in dns_only} == pytest.approx(dns_only)
+    series = {"server": S, "zone": "global.", "view": "", "proto": "udp", "family": "1", "type": "A"}
+    assert merged[("coredns_dns_requests_total", frozenset(series.items()))] == 4
+    assert [value for (name, _), value in merged.items() if name == "coredns_build_info"] == [1]
+
+
+GAUGES = """# HELP coredns_cache_entries The number of elements in the cache.
+# TYPE coredns_cache_entries gauge
+coredns_cache_entries{{server="dns://:53",zones=".",view="",type="success"}} {entries}
+# HELP globaldns_names Names (and wildcards) served.
+# TYPE globaldns_names gauge
+globaldns_names {names}
+# HELP globaldns_source_last_sync_timestamp_seconds Unix time of the last complete read.
+# TYPE globaldns_source_last_sync_timestamp_seconds gauge
+globaldns_source_last_sync_timestamp_seconds{{source="files"}} {synced}
+# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.
+# TYPE process_start_time_seconds gauge
+process_start_time_seconds {started}
+# HELP process_resident_memory_bytes Resident memory size in bytes.
+# TYPE process_resident_memory_bytes gauge
+process_resident_memory_bytes {rss}
+# HELP process_max_fds Maximum number of open file descriptors.
+# TYPE process_max_fds gauge
+process_max_fds {fds}
+"""
+
+
+def test_merge_adds_what_each_process_holds_keeps_the_oldest_time_and_the_first_of_the_rest():
+    worker_1 = GAUGES.format(entries=5, names=7, synced=1000.5, started=900, rss=40e6, fds=1024)
+    worker_2 = GAUGES.format(entries=3, names=8, synced=999.5, started=901, rss=42e6, fds=2048)
+    merged = samples(merge([worker_1, worker_2]).decode())
+    assert merged == {
+        ("coredns_cache_entries", frozenset({"server": S, "zones": ".", "view": "", "type": "success"}.items())): 8,
+        ("globaldns_names", frozenset()): 7,
+        ("globaldns_source_last_sync_timestamp_seconds", frozenset({"source": "files"}.items())): 999.5,
+        ("process_start_time_seconds", frozenset()): 900,
+        ("process_resident_memory_bytes", frozenset()): 82e6,
+        ("process_max_fds", frozenset()): 1024,
+    }

@@ -24,7 +24,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 _DNS_PORT = re.compile(r"serving DNS on 127\.0\.0\.1:(\d+)")
-_HTTP_PORT = re.compile(r"(health|ready|metrics) on http://127\.0\.0\.1:(\d+)")
+_HTTP_PORT = re.compile(
+    r"^(?!.*worker).*(health|ready|metrics) on http://127\.0\.0\.1:(\d+)"
+)  # the pod's, not a worker's
 
 
 def exchange(port: int, query: bytes, tcp: bool = False) -> bytes:
