@@ -246,8 +246,10 @@ def test_skipped_addresses_are_problems_but_the_entry_stays(tmp_path):
         "a: b\n\tc: d\n",
         "{'json': ",
         b"kind: ServiceEntry\nname: \xff\xfe\n",
+        "kind: ServiceEntry\nmetadata: {creationTimestamp: 2024-02-30T00:00:00Z}\n",
+        "spec: {ports: [{number: !!int eighty}]}\n",
     ],
-    ids=["bad-indent", "unclosed-flow", "tab", "truncated-json", "not-utf8"],
+    ids=["bad-indent", "unclosed-flow", "tab", "truncated-json", "not-utf8", "impossible-date", "bad-int-tag"],
 )
 def test_unparseable_file_raises_source_error_naming_it(tmp_path, content):
     path = tmp_path / "broken.yaml"

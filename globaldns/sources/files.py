@@ -53,7 +53,7 @@ def parse_file(path: str) -> ParsedFile:
     try:
         with open(path, encoding="utf-8") as stream:
             documents = list(yaml.load_all(stream, Loader=_Loader))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+    except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: not UTF-8, or a date like 2024-02-30
         raise SourceError(f"{path}: {error}") from error
     entries: list[ServiceEntry] = []
     problems: list[str] = []
