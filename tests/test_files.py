@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -259,6 +260,23 @@ def test_unparseable_file_raises_source_error_naming_it(tmp_path, content):
         write(path, content)
     with pytest.raises(SourceError, match=r"broken\.yaml"):
         parse_file(str(path))
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["collector-on", "collector-off"])
+def test_parse_file_leaves_the_garbage_collector_as_it_found_it(tmp_path, enabled):
+    """parse_file pauses the cyclic collector while it reads (speed); it must never leave it off, nor turn it on."""
+    good = write(tmp_path / "good.yaml", se_yaml("a", "a.global"))
+    broken = write(tmp_path / "broken.yaml", "key: [unclosed\n")
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        assert parse_file(str(good)).entries
+        assert gc.isenabled() is enabled
+        with pytest.raises(SourceError):
+            parse_file(str(broken))
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 def test_missing_file_raises_source_error(tmp_path):
