@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from globaldns import heap
 from globaldns.errors import InvalidServiceEntry, SourceError
 from globaldns.logs import warn_once
 from globaldns.serviceentry import KIND, ServiceEntry
@@ -50,20 +49,7 @@ def find_files(path: str) -> list[str]:
     return sorted(found)
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Reading 100,000 entries makes millions of objects and no garbage, yet each few hundred new objects set off a
-    pass of the cyclic collector over them: about a third of the time. It runs again afterwards, if it ran before."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@_collector_paused()
+@heap.collector_paused()
 def parse_file(path: str) -> ParsedFile:
     """Every ServiceEntry in a multi-document file (List kinds unpacked); SourceError if it does not parse."""
     try:
