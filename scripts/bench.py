@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.processes import free_port  # noqa: E402
+
 GO_REFERENCE_BUILD = REPO.parent / "shared" / "bench" / "build.sh"
 TICKS = os.sysconf("SC_CLK_TCK")
 NAMES = 1000
@@ -67,18 +70,6 @@ class Result:
     lost: int
     avg_ms: float
     p99_ms: float = 0.0
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 def write_inputs(work: Path, names: int, unique: int) -> None:

@@ -14,19 +14,17 @@ from __future__ import annotations
 import argparse
 import gc
 import ipaddress
+import itertools
 import math
-import queue
 import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.fakes.kubeapi import KubeAPI, serviceentry  # noqa: E402
+from tests.processes import StderrLog  # noqa: E402
 
 NAMESPACES = 100
 POLL = 0.002  # seconds between DNS queries while waiting for a change
@@ -74,47 +73,17 @@ class Server:
             command += ["--metrics", "127.0.0.1:0"]  # not the default 0.0.0.0:9153, which may be taken
         self.started = time.perf_counter()
         self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        assert self.process.stderr is not None
+        self.stderr = StderrLog(self.process.stderr)
+        self.log = self.stderr.lines
         self.dns_port = int(self.wait_for(_DNS_PORT).group(1))
         self.ready_port = int(self.wait_for(_READY_PORT).group(1))
 
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.put(line)
-        self.lines.put("")
-
-    def _lines(self, timeout: float) -> Iterator[str]:
-        deadline = time.monotonic() + timeout
-        yield from self.log
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if not line:
-                break
-            self.log.append(line)
-            yield line
-
     def wait_for(self, pattern: re.Pattern[str], timeout: float = 60.0) -> re.Match[str]:
-        for line in self._lines(timeout):
+        for line in itertools.chain(list(self.log), self.stderr.new_lines(timeout)):  # read so far, then new
             if found := pattern.search(line):
                 return found
         raise SystemExit(f"bench: no log line matching {pattern.pattern!r}:\n{''.join(self.log[-30:])}")
-
-    def drain(self) -> None:
-        """Collect the log lines written so far."""
-        while True:
-            try:
-                line = self.lines.get_nowait()
-            except queue.Empty:
-                return
-            if line:
-                self.log.append(line)
 
     def wait_ready(self, timeout: float) -> float:
         """Seconds from process start to /ready 200."""
@@ -130,7 +99,7 @@ class Server:
             if self.process.poll() is not None:
                 break
             time.sleep(0.01)
-        self.drain()
+        self.stderr.drain()
         raise SystemExit(f"bench: not ready within {timeout}s:\n{''.join(self.log[-30:])}")
 
     def rss_mb(self) -> float:
@@ -149,7 +118,7 @@ class Server:
 
     def compiles(self) -> list[tuple[int, float]]:
         """(ServiceEntries, seconds) of every table compile logged so far."""
-        self.drain()
+        self.stderr.drain()
         return [(int(m.group(2)), float(m.group(3))) for line in self.log if (m := _COMPILED.search(line))]
 
     def stop(self) -> None:
@@ -160,7 +129,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self._reader.join(timeout=5)
+        self.stderr.join(timeout=5)
         if self.process.stderr is not None:
             self.process.stderr.close()
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -20,6 +17,8 @@ from pathlib import Path
 import dns.message
 import dns.query
 import pytest
+
+from tests.processes import StderrLog
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -77,20 +76,13 @@ class ServerProcess:
         self.process = subprocess.Popen(
             command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}
         )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        assert self.process.stderr is not None
+        self.stderr = StderrLog(self.process.stderr)
+        self.log = self.stderr.lines
         self.port = int(self.wait_for(_DNS_PORT).group(1))
         self.wait_for("ready on")
         if loaded:
             self.wait_for(r"serving \d+ names")
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.put(line)
-        self.lines.put("")
 
     def mark(self) -> int:
         """A position in the log: wait_for(..., after=mark) looks only at lines logged later."""
@@ -98,19 +90,11 @@ class ServerProcess:
 
     def wait_for(self, pattern: re.Pattern[str] | str, timeout: float = 10.0, after: int = 0) -> re.Match[str]:
         """The first log line after `after` matching pattern; fail with the log so far if none comes."""
-        deadline = time.monotonic() + timeout
         regex = re.compile(pattern)
         for line in self.log[after:]:
             if found := regex.search(line):
                 return found
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if not line:
-                break
-            self.log.append(line)
+        for line in self.stderr.new_lines(timeout):
             match = _HTTP_PORT.search(line)
             if match:
                 setattr(self, f"{match.group(1)}_port", int(match.group(2)))
@@ -144,22 +128,9 @@ class ServerProcess:
             if self.process.poll() is None:
                 self.process.kill()
                 self.process.wait()
-            self._reader.join(timeout=5)
+            self.stderr.join(timeout=5)
             if self.process.stderr is not None:
                 self.process.stderr.close()
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now."""
-    while True:
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 @pytest.fixture

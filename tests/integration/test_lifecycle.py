@@ -12,7 +12,9 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from .conftest import ServerProcess, free_port
+from tests.processes import free_port
+
+from .conftest import ServerProcess
 
 HTTPBIN = Path("httpbin.yaml")
 
