@@ -44,8 +44,8 @@ class ServerState:
     """What the probes, the listeners and shutdown share."""
 
     def __init__(self) -> None:
-        self.synced = False
-        self.listening = False
+        self.loaded = asyncio.Event()  # the first table is being served
+        self.started = asyncio.Event()  # every listener and probe is bound
         self.stopping = False
         self.connections: set[TCPProtocol] = set()
 
@@ -53,9 +53,9 @@ class ServerState:
         """Why /ready is 503, or None when ready."""
         if self.stopping:
             return "shutting down"
-        if not self.synced:
+        if not self.loaded.is_set():
             return "ServiceEntries not loaded yet"
-        if not self.listening:
+        if not self.started.is_set():
             return "not listening yet"
         return None
 
@@ -131,8 +131,7 @@ class Server:
             self.registry.register(collector)
         self._snapshot: Snapshot | None = None
         self._snapshot_ready = asyncio.Event()
-        self.started = asyncio.Event()  # every listener and probe is bound
-        self.loaded = asyncio.Event()  # the first table is being served
+        self.started, self.loaded = self.state.started, self.state.loaded  # what tests and callers wait for
         self.dns_ports: list[int] = []
         self.http_ports: dict[str, int] = {}
         self._stop = asyncio.Event()
@@ -192,7 +191,6 @@ class Server:
                 "built" if patch is None else "patched",
                 changed,
             )
-            self.state.synced = True
             self.loaded.set()
 
     def _guard(self, task: asyncio.Task) -> None:
@@ -277,7 +275,6 @@ class Server:
         else:
             upstreams = ", ".join(str(upstream) for upstream in forwarder.upstreams)
             log.info("forwarding to %s (%s), cache %d entries", upstreams, forwarder.policy, self.config.cache_size)
-        self.state.listening = True
         self.started.set()
 
     def _metrics(self) -> tuple[int, str, bytes]:
