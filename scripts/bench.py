@@ -7,7 +7,8 @@ Workloads (1,000 `.global` names; a local upstream for forwarded names):
 For each: queries/s, average and p99 latency (p99 from a separate short `dnsperf -v` run), lost
 queries, and the server's own CPU time per answered query from /proc/PID/stat, summed over its processes
 (so `--against '--workers 2'` counts every worker). With --vs, the other server runs the same workloads in
-alternation (A B A B ...) and the medians' ratios are printed.
+alternation (A B, then B A, ...), and each ratio is the median of the rounds' own ratios, with their quartiles:
+the two runs of a round are adjacent, so the machine's drift (10-30 % between runs here) mostly cancels.
 Speed is measured here, never asserted in the test suite (which only runs --quick so this cannot rot).
 """
 
@@ -302,8 +303,8 @@ def main() -> int:
             for server in servers:
                 server.start()
             for workload in workloads:
-                for _ in range(rounds):
-                    for server in servers:  # alternate A B A B so drift hits both
+                for round_ in range(rounds):
+                    for server in servers if round_ % 2 == 0 else servers[::-1]:  # A B, B A: neither always first
                         result = measure(server, work, workload, seconds, latency=not args.quick)
                         results.setdefault((workload.name, server.label), []).append(result)
             rss = {server.label: server.rss_mb() for server in servers}
@@ -335,12 +336,13 @@ def main() -> int:
             rows.append(
                 (
                     workload.name,
-                    f"{statistics.median(r.qps for r in a) / statistics.median(r.qps for r in b):.2f}",
-                    f"{statistics.median(r.cpu_us for r in a) / statistics.median(r.cpu_us for r in b):.2f}",
-                    f"{_ratio([r.p99_ms for r in a], [r.p99_ms for r in b])}",
+                    _ratio([r.qps for r in a], [r.qps for r in b]),
+                    _ratio([r.cpu_us for r in a], [r.cpu_us for r in b]),
+                    _ratio([r.p99_ms for r in a], [r.p99_ms for r in b]),
                 )
             )
-        print(f"\nratios {first} / {second} (q/s: higher is better; CPU/q and p99: lower is better)")
+        print(f"\nratios {first} / {second}, median of the rounds' (quartiles from 4 rounds on)")
+        print("q/s: higher is better; CPU/q and p99: lower is better")
         print(table(rows))
     return 0
 
@@ -354,8 +356,15 @@ def _is_number(text: str) -> bool:
 
 
 def _ratio(a: list[float], b: list[float]) -> str:
-    denominator = statistics.median(b)
-    return f"{statistics.median(a) / denominator:.2f}" if denominator else "-"
+    """The median of the rounds' ratios a/b, and their quartiles when there are enough rounds."""
+    ratios = [x / y for x, y in zip(a, b, strict=True) if y]
+    if not ratios:
+        return "-"
+    median = f"{statistics.median(ratios):.2f}"
+    if len(ratios) < 4:
+        return median
+    low, _, high = statistics.quantiles(ratios, n=4)
+    return f"{median} ({low:.2f}-{high:.2f})"
 
 
 if __name__ == "__main__":

@@ -25,3 +25,13 @@ def test_bench_quick_runs():
         row = next(line for line in lines if line.startswith(workload))
         assert row.split()[-1] == "0"  # no query lost
     assert any(line.startswith("RSS MB") for line in lines)
+
+
+def test_ratios_are_the_median_of_each_rounds_own(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from bench import _ratio
+
+    # the machine sped up in round 3: the rounds' own ratios say 0.5; the medians' ratio (2 / 3) would not
+    assert _ratio([1, 2, 9], [2, 4, 3]) == "0.50"
+    assert _ratio([1, 3, 2, 4], [1, 1, 1, 1]) == "2.50 (1.25-3.75)"  # quartiles from 4 rounds on
+    assert _ratio([1.0], [0.0]) == "-"
