@@ -1,10 +1,10 @@
 """Every metric, named as CoreDNS names it: plain-int counters on the hot path, a Collector at scrape time.
 
-The hot path never touches prometheus_client. Each reply is counted with one integer it already holds,
-its *outcome* (zone, rcode, plugin; precomputed with the answer), plus the query type and duration;
-request and response lengths are counted exactly, so both size histograms and their sums are derived
-here. DNSCollector turns those numbers into families when /metrics is scraped, on the server's loop; with
---workers, merge() makes the workers' expositions one.
+The hot path never touches prometheus_client. Each reply is counted under one int, its *tally*: the
+outcome (zone, rcode, plugin; precomputed with the answer), DO bit, query type, request and response
+lengths and time bucket packed together, so a remembered reply carries its tally ready-made and both
+size histograms and their sums are derived here, exactly. DNSCollector turns those numbers into families
+when /metrics is scraped, on the server's loop; with --workers, merge() makes the workers' expositions one.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ TYPE_LABELS = ("other", *(wire.TYPE_NAMES[code] for code in _TYPE_CODES[1:]))
 TYPE_SLOT = bytes(_TYPE_CODES.index(code) if code in _TYPE_CODES else 0 for code in range(65536))
 RCODES = wire.RCODE_NAMES
 ONE_REPLY = 1 << 64  # Counters.replies values: replies << 64 | nanoseconds (584 years before they would overlap)
+FAST_BUCKET = 250_000  # nanoseconds: a reply this fast is in time bucket 0, which a tally has without adding anything
 # How merge() combines the gauges of several processes (--workers); counters and histograms are summed. What each
 # process holds adds up, a time is the oldest one, and any other gauge is a fact all share: the first process's.
 GAUGE_MERGE: dict[str, Callable[[float, float], float]] = {
@@ -74,22 +75,36 @@ outcome = Outcomes()
 class Counters:
     """The numbers of one listener and transport; the resolver bumps them, the collector reads them."""
 
-    __slots__ = ("do_requests", "family", "proto", "replies", "server")
+    __slots__ = ("family", "proto", "replies", "server")
 
     def __init__(self, server: str, proto: str, family: int) -> None:
         self.server, self.proto, self.family = server, proto, str(family)
-        # (outcome, type slot, request length, reply length, time bucket) -> count << 64 | total nanoseconds:
-        # a single dict increment per reply carries both the count and the time
-        self.replies: defaultdict[tuple[int, int, int, int, int], int] = defaultdict(int)
-        self.do_requests: defaultdict[int, int] = defaultdict(int)  # outcome -> count
+        # tally (time bucket added) -> count << 64 | total nanoseconds: one dict increment per reply, an int key
+        self.replies: defaultdict[int, int] = defaultdict(int)
 
     def count(self, result: int, qtype: int, request: int, reply: int, do: bool, nanoseconds: int) -> None:
-        """One reply; the resolver's hot path inlines exactly this. Time bucket k: up to 0.25 ms * 2**k inclusive
-        (Prometheus `le`), so exactly 0.25 ms is in k=0; a measured duration is at least 1 ns."""
-        bucket = 0 if nanoseconds <= 250_000 else ((nanoseconds - 1) // 250_000).bit_length()
-        self.replies[(result, TYPE_SLOT[qtype], request, reply, bucket)] += nanoseconds | ONE_REPLY
-        if do:
-            self.do_requests[result] += 1
+        """One reply; the resolver's hot path inlines exactly this, with a tally it may have kept."""
+        self.replies[tally(result, qtype, request, reply, do) + time_bucket(nanoseconds)] += nanoseconds | ONE_REPLY
+
+
+def tally(result: int, qtype: int, request: int, reply: int, do: bool) -> int:
+    """A reply's series in one int, time bucket 0 (add time_bucket() for a slower one); untally() undoes it."""
+    return ((((result << 1 | bool(do)) << 5 | TYPE_SLOT[qtype]) << 17 | request) << 17 | reply) << 5
+
+
+def untally(key: int) -> tuple[int, bool, int, int, int, int]:
+    """(outcome, do, type slot, request length, reply length, time bucket) of a Counters.replies key."""
+    bucket, key = key & 31, key >> 5
+    reply, key = key & 0x1FFFF, key >> 17
+    request, key = key & 0x1FFFF, key >> 17
+    slot, key = key & 31, key >> 5
+    return key >> 1, bool(key & 1), slot, request, reply, bucket
+
+
+def time_bucket(nanoseconds: int) -> int:
+    """Bucket k holds durations up to 0.25 ms * 2**k inclusive (Prometheus `le`), so exactly 0.25 ms is in k=0;
+    the last, len(TIME_BUCKETS), is +Inf. A measured duration is at least 1 ns."""
+    return min(((nanoseconds - 1) // FAST_BUCKET).bit_length(), len(TIME_BUCKETS))
 
 
 def server_label(host: str, port: int) -> str:
@@ -158,21 +173,22 @@ class DNSCollector(Collector):
         labels = outcome.labels
         for counters in self.server.counters:
             server, proto = counters.server, counters.proto
-            for (result, slot, request, reply, bucket), value in list(counters.replies.items()):
+            for key, value in list(counters.replies.items()):
+                result, do, slot, request, reply, bucket = untally(key)
                 count, nanoseconds = value >> 64, value & (ONE_REPLY - 1)
                 zone, rcode, plugin = labels[result]
+                if do:
+                    do_requests[(server, VIEW, zone)] += count
                 qtype = TYPE_LABELS[slot]
                 requests[(server, zone, VIEW, proto, counters.family, qtype)] += count
                 responses[(server, zone, VIEW, rcode, plugin)] += count
                 series = durations.setdefault((server, zone, VIEW, qtype), [0.0] * (len(TIME_BUCKETS) + 2))
-                series[min(bucket, len(TIME_BUCKETS))] += count
+                series[bucket] += count
                 series[-1] += nanoseconds / 1e9
                 for sizes, length in ((request_sizes, request), (reply_sizes, reply)):
                     series = sizes.setdefault((server, zone, VIEW, proto), [0.0] * (len(SIZE_BUCKETS) + 2))
                     series[_size_bucket(length)] += count
                     series[-1] += length * count
-            for result, count in list(counters.do_requests.items()):
-                do_requests[(server, VIEW, labels[result][0])] += count
 
         yield _counter(
             "coredns_dns_requests_total",

@@ -1,8 +1,11 @@
 """The per-query pipeline: guards -> zone table -> cache -> forward, with the hot path first.
 
-`answer` slices the header by index and looks the lower-cased question up in the zone table, then in
-the cache; either hit is answered by splicing precomputed bytes: no parse, no object, no await, no lock.
-Everything else goes the slow path; a cache miss makes one task, shared by identical queries in flight.
+`answer` first looks the query's bytes after the ID up among the zone replies it has made before: a
+repeated question (the same name, type, flags and EDNS, as a client's resolver sends them) is answered by
+the ID and a ready reply, rotated, with its metrics tally. Otherwise it slices the header by index and looks
+the lower-cased question up in the zone table, then in the cache; either hit is answered by splicing
+precomputed bytes: no parse, no object, no await, no lock. Everything else goes the slow path; a cache miss
+makes one task, shared by identical queries in flight.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from globaldns import cache, metrics, wire
 from globaldns.errors import UpstreamError
 from globaldns.forward import Forwarder
 from globaldns.logs import query_line, warn_once
-from globaldns.metrics import ONE_REPLY, RCODES, TYPE_SLOT
+from globaldns.metrics import FAST_BUCKET, ONE_REPLY, RCODES
 from globaldns.table import Answer, Table
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,8 @@ _ONE_ADDITIONAL = b"\x00\x01"
 _OPT_START = b"\x00\x00\x29"  # root owner, TYPE OPT
 _CLASS_IN = b"\x00\x01"
 _ALLOWED_MEMO = 4096  # client addresses whose --allow verdict is remembered
+KNOWN_LIMIT = 16_384  # zone replies remembered by query bytes; all are forgotten when full (a flood of new names)
+KNOWN_ROTATIONS = 4  # answers rotated over more addresses than this are spliced each time instead
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -42,6 +47,8 @@ class Channel(Protocol):
     def send(self, reply: bytes, addr: object) -> None: ...
 
 
+# A zone reply ready for repeats of one query: everything after the ID for each rotation, and its metrics tally
+Known = tuple[tuple[bytes, ...], int]
 # A client waiting for a forwarded answer: (query, question end, edns, do, udp size, channel, addr, started ns)
 Waiter = tuple[bytes, int, bool, int, int, Channel, object, int]
 
@@ -52,6 +59,7 @@ class Resolver:
     __slots__ = (
         "_allowed",
         "_inflight",
+        "_known",
         "_tasks",
         "allow",
         "cache",
@@ -78,11 +86,30 @@ class Resolver:
         self.panics = 0  # unexpected exceptions (coredns_panics_total)
         self._allowed: dict[str, bool] = {}
         self._inflight: dict[bytes, list[Waiter]] = {}
+        self._known: dict[bytes, Known] = {}  # query bytes after the ID -> its reply; only while the table is unchanged
         self._tasks: set[asyncio.Task] = set()
+
+    def use(self, table: Table) -> None:
+        """Answer from table from now on, also when it is the same table patched in place: replies made from what
+        it held before are forgotten."""
+        self.table = table
+        self._known.clear()
 
     def answer(self, query: bytes, addr: object, channel: Channel) -> bytes | None:
         """The reply to send now, or None (dropped, or answered later through channel.send)."""
         started = perf_counter_ns()
+        known = self._known.get(query[2:])
+        if known is not None:  # asked before with the same bytes: the ID and a ready reply
+            tails, tally = known
+            self.turn += 1
+            reply = query[:2] + tails[self.turn % len(tails)]
+            counters = channel.counters
+            if counters is not None:  # metrics.Counters.count, inlined: this is the hot path
+                nanoseconds = perf_counter_ns() - started
+                if nanoseconds > FAST_BUCKET:  # bucket 0 is the tally itself
+                    tally += metrics.time_bucket(nanoseconds)
+                counters.replies[tally] += nanoseconds | ONE_REPLY
+            return reply
         end = query.find(0, 12) + 5
         if end > 16 and not query[2] & 0xF8 and query[4:10] == _ONE_QUESTION:
             size = len(query)
@@ -109,14 +136,33 @@ class Resolver:
                     found = table.find(name, query[end - 4] << 8 | query[end - 3], exact=False)
                     if found is None:
                         return self._slow(query, addr, channel, started)
+                    self._remember(query, end, found, edns, do, udp_size)
                 else:
                     if not self._may_forward(addr):  # before the cache, so a refused client counts no cache hit
                         return self._slow(query, addr, channel, started)
                     found = self.cache.get(cache.key(name, query[end - 4 : end], do, query[3] & 0x10))
                     if found is None:
                         return self._slow(query, addr, channel, started)
+                    return self._splice(query, end, found, edns, do, udp_size, channel, started)
+            else:
+                self._remember(query, end, found, edns, do, udp_size)
             return self._splice(query, end, found, edns, do, udp_size, channel, started)
         return self._slow(query, addr, channel, started)
+
+    def _remember(self, query: bytes, end: int, found: Answer, edns: bool, do: int, udp_size: int) -> None:
+        """Keep a zone answer's replies to this exact query (every rotation) for its repeats, if they fit in UDP."""
+        heads, bodies, result = found
+        if len(bodies) > KNOWN_ROTATIONS:
+            return
+        head, question = heads[_variant(query, edns)], query[12:end]
+        opt = wire.opt_record(bool(do)) if edns else b""
+        tails = tuple(b"".join((head, question, body, opt)) for body in bodies)
+        if 2 + len(tails[0]) > max(wire.UDP_MIN, udp_size):
+            return
+        if len(self._known) >= KNOWN_LIMIT:
+            self._known.clear()
+        qtype = query[end - 4] << 8 | query[end - 3]
+        self._known[query[2:]] = (tails, metrics.tally(result, qtype, len(query), 2 + len(tails[0]), do))
 
     def _splice(
         self,
@@ -132,7 +178,7 @@ class Resolver:
         """ID and question from the query, the rest precomputed; cut to the client's UDP limit; counted."""
         heads, bodies, result = found
         self.turn += 1
-        head = heads[(query[2] & 1) | ((query[3] & 0x10) >> 3) | (4 if edns else 0)]
+        head = heads[_variant(query, edns)]
         body = bodies[self.turn % len(bodies)]
         if edns:
             reply = b"".join((query[:2], head, query[12:end], body, wire.opt_record(bool(do))))
@@ -142,13 +188,8 @@ class Resolver:
             reply = wire.truncate(reply, max(wire.UDP_MIN, udp_size))
         counters = channel.counters
         if counters is not None:  # metrics.Counters.count, inlined: this is the hot path
-            nanoseconds = perf_counter_ns() - started
-            bucket = 0 if nanoseconds <= 250_000 else ((nanoseconds - 1) // 250_000).bit_length()
-            counters.replies[
-                (result, TYPE_SLOT[query[end - 4] << 8 | query[end - 3]], len(query), len(reply), bucket)
-            ] += nanoseconds | ONE_REPLY
-            if do:
-                counters.do_requests[result] += 1
+            qtype = query[end - 4] << 8 | query[end - 3]
+            counters.count(result, qtype, len(query), len(reply), do, perf_counter_ns() - started)
         return reply
 
     def _error(
@@ -187,6 +228,7 @@ class Resolver:
             return self._error(query, wire.REFUSED, question.end, edns, channel, started, do=question.do)
         found = self.table.find(question.name, question.qtype)
         if found is not None:  # in a zone (SERVFAIL for every name before the first table)
+            self._remember(query, question.end, found, edns, question.do, question.udp_size)
             return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel, started)
         if self.forwarder is None:
             return self._error(query, wire.REFUSED, question.end, edns, channel, started, do=question.do)
@@ -287,3 +329,8 @@ class QueryLoggingResolver(Resolver):
     def _log(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: int) -> None:
         proto = "tcp" if channel.tcp else "udp"
         query_log.info("%s", query_line(addr, proto, query, reply, (perf_counter_ns() - started) / 1e9))
+
+
+def _variant(query: bytes, edns: bool) -> int:
+    """Which of an answer's header variants fits the query: by its RD and CD bits and whether it has EDNS."""
+    return (query[2] & 1) | ((query[3] & 0x10) >> 3) | (4 if edns else 0)

@@ -165,12 +165,13 @@ class Server:
                 patch = await asyncio.to_thread(self.compiler.patch, *snapshot.changes, serial)
             if patch is None:
                 compiled = await asyncio.to_thread(self.compiler.build, snapshot.entries, serial)
-                self.resolver.table = compiled
+                self.resolver.use(compiled)
                 heap.freeze()
                 changed = len(compiled.hosts)
                 conflicts = compiled.conflict_lines()
             else:
                 patch.apply(self.resolver.table)
+                self.resolver.use(self.resolver.table)
                 changed = len(patch.names)
                 conflicts = [line for lines in patch.conflicts.values() for line in lines]
             if changed:

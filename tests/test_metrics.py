@@ -32,6 +32,8 @@ from globaldns.metrics import (
     merge,
     outcome,
     server_label,
+    tally,
+    untally,
 )
 from globaldns.server import Server
 from globaldns.sources import SourceStats
@@ -192,6 +194,15 @@ def test_other_types_are_other(code: int):
 def test_only_corednss_types_have_a_slot_of_their_own():
     assert {code for code in range(65536) if TYPE_SLOT[code]} == set(COREDNS_TYPES)
     assert len(set(TYPE_LABELS)) == len(TYPE_LABELS) == len(COREDNS_TYPES) + 1
+
+
+@pytest.mark.parametrize(
+    ("result", "do", "qtype", "asked", "reply", "bucket"),
+    [(0, False, 0, 0, 0, 0), (5, True, 28, 40, 56, 3), (10_000, True, 255, 65_535, 65_537, len(TIME_BUCKETS))],
+)
+def test_a_tally_keeps_every_field(result, do, qtype, asked, reply, bucket):
+    key = tally(result, qtype, asked, reply, do) + bucket
+    assert untally(key) == (result, do, TYPE_SLOT[qtype], asked, reply, bucket)
 
 
 def test_an_unlisted_type_is_counted_as_other():

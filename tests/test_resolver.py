@@ -16,7 +16,8 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from globaldns import table, wire
+from globaldns import metrics, table, wire
+from globaldns import resolver as resolver_module
 from globaldns.resolver import QueryLoggingResolver, Resolver
 from globaldns.serviceentry import ServiceEntry
 
@@ -41,6 +42,7 @@ ENTRIES = [
     entry("httpbin", ["httpbin.bar.global"], ["240.0.0.2", "2001:db8::2"]),
     entry("v4only", ["v4only.global"], ["240.0.0.3"]),
     entry("many", ["many.global"], MANY),
+    entry("two", ["two.global"], ["240.0.0.4", "240.0.0.5"]),
     entry("wild", ["*.wild.global"], ["240.0.0.9"]),
 ]
 
@@ -110,6 +112,7 @@ QUESTIONS = [
     pytest.param("www.example.com.global.", "AAAA", id="search-path-miss"),
     pytest.param("a.b.wild.global.", "A", id="wildcard"),
     pytest.param("many.global.", "A", id="many"),
+    pytest.param("two.global.", "A", id="two"),
 ]
 
 
@@ -152,6 +155,86 @@ def test_edns_options_answer_like_a_plain_edns_query(name, rdtype):
     plain = make(name, rdtype, use_edns=0, payload=1232)
     with_cookie = make(name, rdtype, use_edns=0, payload=1232, options=[cookie])
     assert new_resolver().answer(with_cookie, ADDR, UDP) == new_resolver().answer(plain, ADDR, UDP)
+
+
+# -- repeated queries: the replies remembered ----------------------------------------------------------------------
+
+
+class SpliceCounter(Resolver):
+    """Counts how often a reply is spliced rather than taken ready-made."""
+
+    __slots__ = ("spliced",)
+
+    def __init__(self, compiled: table.Table) -> None:
+        super().__init__(compiled)
+        self.spliced = 0
+
+    def _splice(self, *args):
+        self.spliced += 1
+        return super()._splice(*args)
+
+
+@pytest.mark.parametrize(("name", "rdtype"), QUESTIONS)
+@pytest.mark.parametrize(
+    "edns", [{}, {"use_edns": 0, "payload": 1232, "want_dnssec": True}, {"use_edns": 0, "payload": 512}], ids=str
+)
+@pytest.mark.parametrize("channel", [UDP, TCP], ids=["udp", "tcp"])
+def test_a_repeated_query_gets_what_the_table_would_answer(name, rdtype, edns, channel):
+    remembering, forgetting = SpliceCounter(new_resolver().table), SpliceCounter(new_resolver().table)
+    for qid in (1, 2, 3, 4, 0xFFFF):
+        query = make(name, rdtype, qid=qid, **edns)
+        forgetting.use(forgetting.table)  # every query as if it were the first
+        assert remembering.answer(query, ADDR, channel) == forgetting.answer(query, ADDR, channel)
+    # more addresses than KNOWN_ROTATIONS: spliced each time; everything else once
+    assert remembering.spliced == (5 if name == "many.global." else 1)
+
+
+def test_remembered_replies_keep_rotating(resolver):
+    orders = {tuple(r.address for r in parse(resolver.answer(make("two.global."), ADDR, UDP)).answer[0]) for _ in "ab"}
+    assert orders == {("240.0.0.4", "240.0.0.5"), ("240.0.0.5", "240.0.0.4")}
+
+
+def test_a_new_table_is_answered_at_once(resolver):
+    query = make("v4only.global.")
+    assert [r.address for r in parse(resolver.answer(query, ADDR, UDP)).answer[0]] == ["240.0.0.3"]
+    moved = [e for e in ENTRIES if e.name != "v4only"] + [entry("v4only", ["v4only.global"], ["240.0.0.33"])]
+    resolver.use(table.compile(moved, ["global"], ttl=30, serial=2))
+    assert [r.address for r in parse(resolver.answer(query, ADDR, UDP)).answer[0]] == ["240.0.0.33"]
+
+
+def test_a_reply_cut_for_udp_is_not_remembered_for_tcp():
+    """A long zone and name make a NODATA over 512 bytes: truncated over UDP, whole over TCP, for the same bytes."""
+    zone = ".".join(["z" * 60] * 3)
+    long_name = "n" * 60 + "." + zone
+    compiled = table.compile([entry("far", [long_name], ["240.0.0.7"])], [zone], ttl=30, serial=1)
+    query = make(long_name + ".", "TXT")
+    for order in ([UDP, TCP, UDP], [TCP, UDP, TCP]):
+        resolver = Resolver(compiled)
+        for channel in order:
+            reply = resolver.answer(query, ADDR, channel)
+            assert bool(reply[2] & 0x02) is (channel is UDP)
+            assert len(reply) <= 512 if channel is UDP else len(reply) > 512
+
+
+def test_remembered_replies_are_bounded(resolver, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(resolver_module, "KNOWN_LIMIT", 10)
+    for i in range(35):  # a flood of names nobody asks again
+        assert parse(resolver.answer(make(f"miss-{i}.global."), ADDR, UDP)).rcode() == dns.rcode.NXDOMAIN
+        assert len(resolver._known) <= 10
+
+
+def test_remembered_replies_are_counted_like_spliced_ones():
+    remembering, forgetting = new_resolver(), new_resolver()
+    counted = {}
+    for answering in (remembering, forgetting):
+        channel = SimpleNamespace(tcp=False, counters=metrics.Counters("dns://:53", "udp", 1))
+        for name, rdtype in [("two.global.", "A"), ("nope.global.", "A"), ("v4only.global.", "AAAA")] * 3:
+            if answering is forgetting:
+                answering.use(answering.table)
+            answering.answer(make(name, rdtype, use_edns=0, want_dnssec=True), ADDR, channel)
+        counted[answering is remembering] = {key: value >> 64 for key, value in channel.counters.replies.items()}
+    assert counted[True] == counted[False]
+    assert sorted(counted[True].values()) == [3, 3, 3]
 
 
 # -- the header and the question ----------------------------------------------------------------------------------
