@@ -91,6 +91,12 @@ class Cache:
             entry.answer = to_answer(entry.parts, entry.ttl - elapsed)
         return entry.answer
 
+    def current(self, cache_key: bytes) -> tuple[float, bool]:
+        """Until when the answer get() has just returned for cache_key stays exact (its TTLs tick down a second
+        later, or it expires), and whether it is a denial: what a reply remembered from it needs."""
+        entry = self.entries[cache_key]
+        return min(entry.expires, entry.stored + entry.elapsed + 1), entry.denial
+
     def put(self, cache_key: bytes, parts: wire.ReplyParts) -> Answer:
         """Store the reply if the rules allow; return it as an answer, TTLs as the upstream sent them."""
         ttl = cache_ttl(parts)

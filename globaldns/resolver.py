@@ -1,8 +1,9 @@
 """The per-query pipeline: guards -> zone table -> cache -> forward, with the hot path first.
 
-`answer` first looks the query's bytes after the ID up among the zone replies it has made before: a
-repeated question (the same name, type, flags and EDNS, as a client's resolver sends them) is answered by
-the ID and a ready reply, rotated, with its metrics tally. Otherwise it slices the header by index and looks
+`answer` first looks the query's bytes after the ID up among the replies it has made before from the zone
+table or the cache: a repeated question (the same name, type, flags and EDNS, as a client's resolver sends
+them) is answered by the ID and a ready reply, rotated, with its metrics tally; one from the cache only until
+its TTLs tick, and only to a client that may use forwarding. Otherwise it slices the header by index and looks
 the lower-cased question up in the zone table, then in the cache; either hit is answered by splicing
 precomputed bytes: no parse, no object, no await, no lock. Everything else goes the slow path; a cache miss
 makes one task, shared by identical queries in flight.
@@ -33,7 +34,7 @@ _ONE_ADDITIONAL = b"\x00\x01"
 _OPT_START = b"\x00\x00\x29"  # root owner, TYPE OPT
 _CLASS_IN = b"\x00\x01"
 _ALLOWED_MEMO = 4096  # client addresses whose --allow verdict is remembered
-KNOWN_LIMIT = 16_384  # zone replies remembered by query bytes; all are forgotten when full (a flood of new names)
+KNOWN_LIMIT = 16_384  # replies remembered by query bytes; all are forgotten when full (a flood of new names)
 KNOWN_ROTATIONS = 4  # answers rotated over more addresses than this are spliced each time instead
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -47,8 +48,9 @@ class Channel(Protocol):
     def send(self, reply: bytes, addr: object) -> None: ...
 
 
-# A zone reply ready for repeats of one query: everything after the ID for each rotation, and its metrics tally
-Known = tuple[tuple[bytes, ...], int]
+# A reply ready for repeats of one query: everything after the ID for each rotation, its metrics tally, and for a
+# cache answer (until when it is exact, whether it is a denial); None for a zone answer
+Known = tuple[tuple[bytes, ...], int, tuple[float, bool] | None]
 # A client waiting for a forwarded answer: (query, question end, edns, do, udp size, channel, addr, started ns)
 Waiter = tuple[bytes, int, bool, int, int, Channel, object, int]
 
@@ -86,7 +88,7 @@ class Resolver:
         self.panics = 0  # unexpected exceptions (coredns_panics_total)
         self._allowed: dict[str, bool] = {}
         self._inflight: dict[bytes, list[Waiter]] = {}
-        self._known: dict[bytes, Known] = {}  # query bytes after the ID -> its reply; only while the table is unchanged
+        self._known: dict[bytes, Known] = {}  # query bytes after the ID -> its reply, while the table is unchanged
         self._tasks: set[asyncio.Task] = set()
 
     def use(self, table: Table) -> None:
@@ -99,8 +101,8 @@ class Resolver:
         """The reply to send now, or None (dropped, or answered later through channel.send)."""
         started = perf_counter_ns()
         known = self._known.get(query[2:])
-        if known is not None:  # asked before with the same bytes: the ID and a ready reply
-            tails, tally = known
+        if known is not None and (known[2] is None or self._still_cached(known[2], addr)):  # asked before
+            tails, tally, _ = known
             self.turn += 1
             reply = query[:2] + tails[self.turn % len(tails)]
             counters = channel.counters
@@ -140,17 +142,40 @@ class Resolver:
                 else:
                     if not self._may_forward(addr):  # before the cache, so a refused client counts no cache hit
                         return self._slow(query, addr, channel, started)
-                    found = self.cache.get(cache.key(name, query[end - 4 : end], do, query[3] & 0x10))
+                    cache_key = cache.key(name, query[end - 4 : end], do, query[3] & 0x10)
+                    found = self.cache.get(cache_key)
                     if found is None:
                         return self._slow(query, addr, channel, started)
-                    return self._splice(query, end, found, edns, do, udp_size, channel, started)
+                    self._remember(query, end, found, edns, do, udp_size, self.cache.current(cache_key))
             else:
                 self._remember(query, end, found, edns, do, udp_size)
             return self._splice(query, end, found, edns, do, udp_size, channel, started)
         return self._slow(query, addr, channel, started)
 
-    def _remember(self, query: bytes, end: int, found: Answer, edns: bool, do: int, udp_size: int) -> None:
-        """Keep a zone answer's replies to this exact query (every rotation) for its repeats, if they fit in UDP."""
+    def _still_cached(self, current: tuple[float, bool], addr: object) -> bool:
+        """May a reply remembered from the cache be sent? Only while exact, to a client allowed to forward; then
+        it is a cache hit."""
+        until, denial = current
+        if self.cache.clock() >= until or not self._may_forward(addr):
+            return False
+        if denial:
+            self.cache.hits_denial += 1
+        else:
+            self.cache.hits_success += 1
+        return True
+
+    def _remember(
+        self,
+        query: bytes,
+        end: int,
+        found: Answer,
+        edns: bool,
+        do: int,
+        udp_size: int,
+        current: tuple[float, bool] | None = None,
+    ) -> None:
+        """Keep an answer's replies to this exact query (every rotation) for its repeats, if they fit in UDP;
+        current: a cache answer's (until when it is exact, whether it is a denial)."""
         heads, bodies, result = found
         if len(bodies) > KNOWN_ROTATIONS:
             return
@@ -162,7 +187,7 @@ class Resolver:
         if len(self._known) >= KNOWN_LIMIT:
             self._known.clear()
         qtype = query[end - 4] << 8 | query[end - 3]
-        self._known[query[2:]] = (tails, metrics.tally(result, qtype, len(query), 2 + len(tails[0]), do))
+        self._known[query[2:]] = (tails, metrics.tally(result, qtype, len(query), 2 + len(tails[0]), do), current)
 
     def _splice(
         self,
@@ -188,8 +213,11 @@ class Resolver:
             reply = wire.truncate(reply, max(wire.UDP_MIN, udp_size))
         counters = channel.counters
         if counters is not None:  # metrics.Counters.count, inlined: this is the hot path
-            qtype = query[end - 4] << 8 | query[end - 3]
-            counters.count(result, qtype, len(query), len(reply), do, perf_counter_ns() - started)
+            nanoseconds = perf_counter_ns() - started
+            tally = metrics.tally(result, query[end - 4] << 8 | query[end - 3], len(query), len(reply), do)
+            if nanoseconds > FAST_BUCKET:
+                tally += metrics.time_bucket(nanoseconds)
+            counters.replies[tally] += nanoseconds | ONE_REPLY
         return reply
 
     def _error(
@@ -237,6 +265,8 @@ class Resolver:
         cache_key = cache.key(question.name, query[question.end - 4 : question.end], question.do, query[3] & 0x10)
         found = self.cache.get(cache_key)
         if found is not None:
+            current = self.cache.current(cache_key)
+            self._remember(query, question.end, found, edns, question.do, question.udp_size, current)
             return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel, started)
         self.cache.misses += 1
         waiter = (query, question.end, edns, question.do, question.udp_size, channel, addr, started)

@@ -462,6 +462,36 @@ def test_resolver_serves_a_cache_hit(ad, options, do, edns, elapsed):
         assert bool(message.ednsflags & dns.flags.DO) is do
 
 
+def test_a_repeated_query_is_a_cache_hit_whose_ttls_keep_counting_down_until_it_expires():
+    resolver, clock = resolver_with((NAME, A_IN, False, False, UPSTREAM_ANSWER))
+    query, shown = client(), []
+    for step in (0, 0.3, 0.6, 0.5, 0.7, 1.0, 296.8):  # at 0, 0.3, 0.9, 1.4, 2.1, 3.1, 299.9 s
+        clock.now += step
+        shown.append(ask(resolver, query).answer[0].ttl)
+    assert shown == [300, 300, 300, 299, 298, 297, 1]
+    assert (resolver.cache.hits_success, resolver.cache.hits_denial) == (7, 0)
+    clock.now += 0.1  # expired: not in the cache, and no forwarding here
+    assert ask(resolver, query).rcode() == dns.rcode.REFUSED
+    assert resolver.cache.hits_success == 7
+
+
+def test_a_repeated_query_from_outside_allow_is_refused_and_no_hit():
+    resolver, _ = resolver_with((NAME, A_IN, False, False, UPSTREAM_ANSWER))
+    query = client()
+    assert ask(resolver, query, INSIDE).rcode() == dns.rcode.NOERROR
+    assert ask(resolver, query, OUTSIDE).rcode() == dns.rcode.REFUSED
+    assert ask(resolver, query, INSIDE).rcode() == dns.rcode.NOERROR
+    assert resolver.cache.hits_success == 2
+
+
+def test_repeated_denials_are_denial_hits():
+    nxdomain = upstream(authority=[soa(600, 60)], rcode=dns.rcode.NXDOMAIN)
+    resolver, _ = resolver_with((NAME, A_IN, False, False, nxdomain))
+    for _ in range(3):
+        assert ask(resolver, client()).rcode() == dns.rcode.NXDOMAIN
+    assert (resolver.cache.hits_success, resolver.cache.hits_denial) == (0, 3)
+
+
 @pytest.mark.parametrize(
     ("addr", "served_from_cache"),
     [
