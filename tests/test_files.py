@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from globaldns.errors import SourceError
 from globaldns.sources import Snapshot
@@ -176,6 +177,29 @@ def test_json_file(tmp_path):
     assert [entry.name for entry in parsed.entries] == ["j"]
     assert str(parsed.entries[0].addresses[0]) == "2001:db8::1"
     assert parsed.problems == ()
+
+
+def test_a_json_list_is_read_by_the_json_module(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """`kubectl get serviceentries -A -o json` output: no YAML parser involved, the same entries and origins."""
+    document = {"apiVersion": "v1", "kind": "List", "items": [se_dict("a", "a.global"), se_dict("b", "b.global")]}
+    path = write(tmp_path / "all.json", json.dumps(document, indent=2))
+    monkeypatch.setattr(yaml, "load_all", lambda *args, **kwargs: pytest.fail("parsed as YAML"))
+    parsed = parse_file(str(path))
+    assert [(entry.name, entry.origin) for entry in parsed.entries] == [
+        ("a", f"{path}#0.items[0]"),
+        ("b", f"{path}#0.items[1]"),
+    ]
+
+
+def test_a_json_named_file_holding_yaml_is_still_read(tmp_path):
+    path = write(tmp_path / "entry.json", se_yaml("y", "y.global"))
+    assert [entry.name for entry in parse_file(str(path)).entries] == ["y"]
+
+
+def test_a_broken_json_file_raises_source_error_naming_it(tmp_path):
+    path = write(tmp_path / "broken.json", json.dumps(se_dict("j", "json.global"))[:-9])
+    with pytest.raises(SourceError, match=r"broken\.json"):
+        parse_file(str(path))
 
 
 @pytest.mark.parametrize(
