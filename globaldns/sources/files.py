@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -55,10 +55,10 @@ def parse_file(path: str) -> ParsedFile:
     """Every ServiceEntry in a multi-document file (List kinds unpacked); SourceError if it does not parse."""
     try:
         with open(path, encoding="utf-8") as stream:
-            text = stream.read()
-        documents = _json_documents(path, text)
-        if documents is None:
-            documents = list(yaml.load_all(text, Loader=_Loader))
+            documents = _json_documents(path, stream)
+            if documents is None:
+                stream.seek(0)
+                documents = list(yaml.load_all(stream, Loader=_Loader))  # a stream: errors name the file
     except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: not UTF-8, or a date like 2024-02-30
         raise SourceError(f"{path}: {error}") from error
     entries: list[ServiceEntry] = []
@@ -78,13 +78,13 @@ def parse_file(path: str) -> ParsedFile:
     return ParsedFile(tuple(entries), tuple(problems), invalid)
 
 
-def _json_documents(path: str, text: str) -> list[Any] | None:
+def _json_documents(path: str, stream: TextIO) -> list[Any] | None:
     """A .json file (`kubectl get -o json`) read by the json module, many times faster than as YAML; None if it is
     not JSON after all, so YAML (a superset) reads it or names what is wrong."""
     if not path.endswith(".json"):
         return None
     try:
-        return [json.loads(text)]
+        return [json.load(stream)]
     except ValueError:
         return None
 
