@@ -179,9 +179,8 @@ class Resolver:
         heads, bodies, result = found
         if len(bodies) > KNOWN_ROTATIONS:
             return
-        head, question = heads[_variant(query, edns)], query[12:end]
-        opt = wire.opt_record(bool(do)) if edns else b""
-        tails = tuple(b"".join((head, question, body, opt)) for body in bodies)
+        head = heads[_variant(query, edns)]
+        tails = tuple(_tail(query, end, head, body, edns, do) for body in bodies)
         if 2 + len(tails[0]) > max(wire.UDP_MIN, udp_size):
             return
         if len(self._known) >= KNOWN_LIMIT:
@@ -200,24 +199,17 @@ class Resolver:
         channel: Channel,
         started: int,
     ) -> bytes:
-        """ID and question from the query, the rest precomputed; cut to the client's UDP limit; counted."""
+        """ID and question from the query, the rest precomputed; cut to the client's UDP limit; counted. Repeats
+        of a query are answered before this, from what _remember kept."""
         heads, bodies, result = found
         self.turn += 1
-        head = heads[_variant(query, edns)]
-        body = bodies[self.turn % len(bodies)]
-        if edns:
-            reply = b"".join((query[:2], head, query[12:end], body, wire.opt_record(bool(do))))
-        else:
-            reply = b"".join((query[:2], head, query[12:end], body))
+        reply = query[:2] + _tail(query, end, heads[_variant(query, edns)], bodies[self.turn % len(bodies)], edns, do)
         if not (channel.tcp or len(reply) <= wire.UDP_MIN or len(reply) <= udp_size):
             reply = wire.truncate(reply, max(wire.UDP_MIN, udp_size))
         counters = channel.counters
-        if counters is not None:  # metrics.Counters.count, inlined: this is the hot path
-            nanoseconds = perf_counter_ns() - started
-            tally = metrics.tally(result, query[end - 4] << 8 | query[end - 3], len(query), len(reply), do)
-            if nanoseconds > FAST_BUCKET:
-                tally += metrics.time_bucket(nanoseconds)
-            counters.replies[tally] += nanoseconds | ONE_REPLY
+        if counters is not None:
+            qtype = query[end - 4] << 8 | query[end - 3]
+            counters.count(result, qtype, len(query), len(reply), do, perf_counter_ns() - started)
         return reply
 
     def _error(
@@ -359,6 +351,14 @@ class QueryLoggingResolver(Resolver):
     def _log(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: int) -> None:
         proto = "tcp" if channel.tcp else "udp"
         query_log.info("%s", query_line(addr, proto, query, reply, (perf_counter_ns() - started) / 1e9))
+
+
+def _tail(query: bytes, end: int, head: bytes, body: bytes, edns: bool, do: int) -> bytes:
+    """A reply after its ID: the header variant, the question exactly as asked, the records, and an OPT if the
+    query had one."""
+    if edns:
+        return b"".join((head, query[12:end], body, wire.opt_record(bool(do))))
+    return b"".join((head, query[12:end], body))
 
 
 def _variant(query: bytes, edns: bool) -> int:
