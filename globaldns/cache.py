@@ -58,8 +58,8 @@ class Entry:
         self.ttl = ttl
         self.stored = now
         self.expires = now + ttl
-        self.elapsed = 0
-        self.answer = to_answer(parts, ttl)
+        self.elapsed = -1  # the answer is made on the first hit: most replies relayed are never asked again
+        self.answer: Answer | None = None
 
 
 class Cache:
@@ -89,7 +89,7 @@ class Cache:
         if elapsed != entry.elapsed:
             entry.elapsed = elapsed
             entry.answer = to_answer(entry.parts, entry.ttl - elapsed)
-        return entry.answer
+        return entry.answer  # type: ignore[return-value]
 
     def current(self, cache_key: bytes) -> tuple[float, bool]:
         """Until when the answer get() has just returned for cache_key stays exact (its TTLs tick down a second

@@ -2,8 +2,11 @@
 
 Like CoreDNS's `forward`: per-try and overall deadlines, `max_fails` consecutive failures mark an
 upstream down and a `. IN NS` probe brings it back; when every upstream is down they are all still tried.
-UDP goes out from a new socket per query (a kernel-randomised source port), connected to the upstream
-so only its replies arrive; a reply counts only with our ID and our question (dnspython's is_response).
+UDP goes out over a pool of connected sockets per upstream, each with its own kernel-random source port, a
+query on a randomly chosen one; a socket carries at most _LINK_USES queries over _LINK_AGE seconds and is
+then replaced (RFC 5452 section 9.2: unpredictable ports and IDs, several ports in use at once). A reply
+counts only from the socket it was sent on, with our ID and our question. The path is callbacks, not tasks:
+a relayed query is one _Exchange, one _Try per upstream asked, and one timer.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import socket
 import struct
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 from globaldns import wire
 from globaldns.config import UPSTREAM_POLICIES, Endpoint
-from globaldns.errors import UpstreamError
 from globaldns.metrics import TIME_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,12 @@ log = logging.getLogger(__name__)
 _PROBE = b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x01"  # flags RD, . IN NS (after the ID)
 _TCP_IDLE = 10.0  # seconds an idle upstream TCP connection is kept for reuse (CoreDNS `expire`)
 _TCP_POOL = 16  # idle connections kept per upstream
+_LINK_BITS = 4  # 16 UDP sockets (source ports) per upstream
+_LINK_USES = 100  # queries a UDP socket carries before it is replaced by one on a new port
+_LINK_AGE = 10.0  # seconds a UDP socket is used at most (CoreDNS `expire`)
+
+# What relay() reports: the reply, or None and why no upstream gave one
+Done = Callable[[bytes | None, str], None]
 
 
 def _random_ids() -> Iterator[bytes]:
@@ -42,8 +51,16 @@ def _random_ids() -> Iterator[bytes]:
 _QUERY_IDS = _random_ids()
 
 
+class _Owner(Protocol):
+    """Who a _Try reports to: an _Exchange, or the health probe."""
+
+    def answered(self, reply: bytes) -> None: ...
+
+    def failed(self, error: BaseException) -> None: ...
+
+
 class Upstream:
-    """One upstream server, its health and its idle TCP connections."""
+    """One upstream server: its health, its UDP sockets and its idle TCP connections."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -51,6 +68,7 @@ class Upstream:
         self.family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
         self.fails = 0
         self.probe: asyncio.Task | None = None
+        self.links: list[_Link | None] = [None] * (1 << _LINK_BITS)
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.healthcheck_failures = 0
         self.durations: dict[int, list[float]] = {}  # rcode -> time-bucket counts, then the sum (metrics)
@@ -62,6 +80,16 @@ class Upstream:
             series = self.durations[rcode] = [0.0] * (len(TIME_BUCKETS) + 2)
         series[bisect_left(TIME_BUCKETS, seconds)] += 1  # the first bucket with seconds <= le; past the last: +Inf
         series[-1] += seconds
+
+    def link(self, loop: asyncio.AbstractEventLoop) -> _Link:
+        """A UDP socket for the next query, chosen at random; a new one in place of one that is worn."""
+        slot = random.getrandbits(_LINK_BITS)
+        link = self.links[slot]
+        if link is None or link.uses >= _LINK_USES or loop.time() >= link.expires:
+            if link is not None:
+                link.retire()
+            link = self.links[slot] = _Link(self, loop)
+        return link
 
     @property
     def down(self) -> bool:
@@ -90,41 +118,13 @@ class Forwarder:
         self.max_fails = max_fails
         self.health_interval = health_interval
         self.broken = 0  # queries that found every upstream marked down
+        self.tasks: set[asyncio.Task] = set()  # TCP tries in flight
 
-    async def exchange(self, query: bytes, question_end: int, tcp: bool) -> bytes:
-        """A validated reply to query from the first upstream that gives one; UpstreamError if none does."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.deadline
-        errors: dict[str, str] = {}  # the last error of each upstream
-        while True:
-            order = self._order()
-            every_one_down = order[0].down  # healthy ones come first
-            if every_one_down:
-                self.broken += 1
-            for upstream in order:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise UpstreamError("; ".join(errors.values()) or "no upstream answered in time")
-                timeout = min(self.try_timeout, remaining)
-                started = time.perf_counter()  # uvloop's loop.time() has millisecond resolution
-                try:
-                    if tcp:
-                        reply = await self._tcp(upstream, query, question_end, timeout)
-                    else:
-                        reply = await self._udp(upstream, query, question_end, timeout)
-                        if reply[2] & 0x02:  # truncated: ask the same upstream over TCP for all of it
-                            reply = await self._tcp(upstream, query, question_end, deadline - loop.time())
-                except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError, wire.Malformed) as error:
-                    errors[str(upstream)] = f"{upstream}: {type(error).__name__} {error}".strip()
-                    self._failed(upstream)
-                    continue
-                upstream.fails = 0
-                upstream.observe(reply[3] & 0xF, time.perf_counter() - started)
-                return reply
-            if every_one_down:  # each has had its try (CoreDNS too gives up here): no spinning until the deadline
-                raise UpstreamError("; ".join(errors.values()))
+    def relay(self, query: bytes, question_end: int, tcp: bool, done: Done) -> None:
+        """Relay query to the upstreams; done(reply, "") with the first valid reply, or done(None, why)."""
+        _Exchange(self, asyncio.get_running_loop(), query, question_end, tcp, done).next()
 
-    def _order(self) -> list[Upstream]:
+    def order(self) -> list[Upstream]:
         """Healthy upstreams by policy, then the ones marked down: never answer nothing."""
         healthy = [u for u in self.upstreams if not u.down]
         down = [u for u in self.upstreams if u.down]
@@ -132,7 +132,7 @@ class Forwarder:
             random.shuffle(healthy)
         return healthy + down
 
-    def _failed(self, upstream: Upstream) -> None:
+    def failed(self, upstream: Upstream) -> None:
         upstream.fails += 1
         if upstream.fails >= self.max_fails and not upstream.down:
             log.warning("upstream %s is down after %d failures; probing it", upstream, upstream.fails)
@@ -140,11 +140,14 @@ class Forwarder:
 
     async def _probe(self, upstream: Upstream) -> None:
         """`. IN NS` every health_interval until any valid reply."""
+        loop = asyncio.get_running_loop()
         question_end = len(_PROBE) + 2
         while True:
+            awaited = _Awaited(loop.create_future())
             try:
-                await self._udp(upstream, b"\x00\x00" + _PROBE, question_end, self.health_interval)
-            except (OSError, TimeoutError, wire.Malformed):
+                _Try(upstream.link(loop), b"\x00\x00" + _PROBE, question_end, self.health_interval, awaited)
+                await awaited.future
+            except (OSError, TimeoutError):
                 upstream.healthcheck_failures += 1
                 await asyncio.sleep(self.health_interval)
                 continue
@@ -153,26 +156,7 @@ class Forwarder:
             upstream.probe = None
             return
 
-    async def _udp(self, upstream: Upstream, query: bytes, question_end: int, timeout: float) -> bytes:
-        loop = asyncio.get_running_loop()
-        qid = next(_QUERY_IDS)
-        sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.connect(upstream.address)  # the kernel drops datagrams from anyone else
-            sock.send(qid + query[2:])
-            waiter = loop.create_future()
-            loop.add_reader(sock, _receive, sock, waiter, qid, query, question_end, upstream)
-            timer = loop.call_later(timeout, _expire, waiter)
-            try:
-                return await waiter
-            finally:
-                timer.cancel()
-                loop.remove_reader(sock)
-        finally:
-            sock.close()
-
-    async def _tcp(self, upstream: Upstream, query: bytes, question_end: int, timeout: float) -> bytes:
+    async def tcp(self, upstream: Upstream, query: bytes, question_end: int, timeout: float) -> bytes:
         qid = next(_QUERY_IDS)
         message = struct.pack("!H", len(query)) + qid + query[2:]
         async with asyncio.timeout(timeout):
@@ -211,37 +195,244 @@ class Forwarder:
         return reader, writer, False
 
     async def close(self) -> None:
+        """Stop everything in flight: probes, TCP tries, UDP sockets (their waiting queries are dropped)."""
+        for task in [upstream.probe for upstream in self.upstreams if upstream.probe is not None] + [*self.tasks]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for upstream in self.upstreams:
-            if upstream.probe is not None:
-                upstream.probe.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await upstream.probe
+            for link in upstream.links:
+                if link is not None:
+                    link.close()
+            upstream.links = [None] * len(upstream.links)
             for _, writer, _ in upstream.idle:
                 writer.close()
             upstream.idle.clear()
 
 
-def _receive(
-    sock: socket.socket, waiter: asyncio.Future, qid: bytes, query: bytes, question_end: int, upstream: Upstream
-) -> None:
-    """Reader callback: every datagram waiting; the first that answers our query resolves the waiter."""
-    while not waiter.done():
+class _Link:
+    """A connected UDP socket to one upstream, so the kernel drops datagrams from anyone else; its replies are
+    matched to the tries waiting on it by ID. Once retired it closes as soon as none is waiting."""
+
+    __slots__ = ("expires", "loop", "pending", "retired", "sock", "uses")
+
+    def __init__(self, upstream: Upstream, loop: asyncio.AbstractEventLoop) -> None:
+        sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
         try:
-            reply = sock.recv(65535)
-        except BlockingIOError:
-            return
-        except OSError as error:  # ICMP port unreachable, reported on a connected socket
-            waiter.set_exception(error)
-            return
-        if _matches(reply, qid, query, question_end):
-            waiter.set_result(reply)
+            sock.setblocking(False)
+            sock.connect(upstream.address)
+            loop.add_reader(sock, self._readable)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.loop = loop
+        self.pending: dict[bytes, _Try] = {}  # query ID -> the try waiting for its reply
+        self.uses = 0
+        self.expires = loop.time() + _LINK_AGE
+        self.retired = False
+
+    def _readable(self) -> None:
+        """Every datagram waiting: one that answers a waiting try is its reply; anything else is ignored."""
+        while self.sock.fileno() >= 0:  # a reply handled may have retired and closed it
+            try:
+                reply = self.sock.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError as error:  # ICMP port unreachable, reported on a connected socket
+                self.broken(error)
+                return
+            waiting = self.pending.get(reply[:2])
+            if waiting is not None and _matches(reply, waiting.qid, waiting.query, waiting.question_end):
+                waiting.answered(reply)
+            else:
+                log.debug("ignored a reply from %s that does not match a query", self.sock.getpeername())
+
+    def broken(self, error: OSError) -> None:
+        """The socket reported an error (the upstream refused): every try on it fails, and it is not used again."""
+        waiting = list(self.pending.values())
+        self.pending.clear()
+        self.uses = _LINK_USES
+        for try_ in waiting:
+            try_.failed(error)
+
+    def forget(self, qid: bytes) -> None:
+        del self.pending[qid]
+        if self.retired and not self.pending:
+            self.close()
+
+    def retire(self) -> None:
+        self.retired = True
+        if not self.pending:
+            self.close()
+
+    def close(self) -> None:
+        for try_ in self.pending.values():
+            try_.timer.cancel()
+        self.pending.clear()
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock)
+            self.sock.close()
+
+
+class _Try:
+    """One query sent on one link with a fresh ID, until its reply, an error, or its timeout."""
+
+    __slots__ = ("link", "owner", "qid", "query", "question_end", "timer")
+
+    def __init__(self, link: _Link, query: bytes, question_end: int, timeout: float, owner: _Owner) -> None:
+        qid = next(_QUERY_IDS)
+        while qid in link.pending:
+            qid = next(_QUERY_IDS)
+        try:
+            link.sock.send(qid + query[2:])
+        except BlockingIOError:  # the send buffer is full: this try fails, the socket is fine
+            raise
+        except OSError as error:  # an error the socket kept from an earlier datagram: the others on it fail too
+            link.broken(error)
+            raise
+        link.uses += 1
+        link.pending[qid] = self
+        self.link, self.owner, self.qid, self.query, self.question_end = link, owner, qid, query, question_end
+        self.timer = link.loop.call_later(timeout, self._expired)
+
+    def answered(self, reply: bytes) -> None:
+        self.timer.cancel()
+        self.link.forget(self.qid)
+        self.owner.answered(reply)
+
+    def failed(self, error: BaseException) -> None:
+        """The link failed (it has already let go of this try)."""
+        self.timer.cancel()
+        self.owner.failed(error)
+
+    def _expired(self) -> None:
+        self.link.forget(self.qid)
+        self.owner.failed(TimeoutError())
+
+
+class _Exchange:
+    """One relayed query: upstreams tried in policy order, the next on an error or timeout, until a valid reply
+    or the deadline; a truncated UDP reply is asked again over TCP of the same upstream."""
+
+    __slots__ = (
+        "deadline",
+        "done",
+        "errors",
+        "every_one_down",
+        "forwarder",
+        "loop",
+        "order",
+        "query",
+        "question_end",
+        "started",
+        "tcp",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        loop: asyncio.AbstractEventLoop,
+        query: bytes,
+        question_end: int,
+        tcp: bool,
+        done: Done,
+    ) -> None:
+        self.forwarder = forwarder
+        self.loop = loop
+        self.query = query
+        self.question_end = question_end
+        self.tcp = tcp
+        self.done = done
+        self.deadline = loop.time() + forwarder.deadline
+        self.errors: dict[Upstream, str] = {}  # the last error of each upstream
+        self.order: list[Upstream] = []
+        self.every_one_down = False
+        self.upstream = forwarder.upstreams[0]
+        self.started = 0.0
+
+    def next(self) -> None:
+        """Ask the next upstream; when every one has had its try with all marked down, or time is up, give up."""
+        forwarder = self.forwarder
+        while True:
+            if not self.order:
+                if self.every_one_down:  # each has had its try (CoreDNS too gives up here): no spinning
+                    self.done(None, "; ".join(self.errors.values()))
+                    return
+                self.order = forwarder.order()
+                self.every_one_down = self.order[0].down  # healthy ones come first
+                if self.every_one_down:
+                    forwarder.broken += 1
+            upstream = self.upstream = self.order.pop(0)
+            remaining = self.deadline - self.loop.time()
+            if remaining <= 0:
+                self.done(None, "; ".join(self.errors.values()) or "no upstream answered in time")
+                return
+            self.started = time.perf_counter()  # uvloop's loop.time() has millisecond resolution
+            timeout = min(forwarder.try_timeout, remaining)
+            if self.tcp:
+                self._over_tcp(timeout)
+                return
+            try:
+                _Try(upstream.link(self.loop), self.query, self.question_end, timeout, self)
+                return
+            except OSError as error:
+                self._record(error)
+
+    def answered(self, reply: bytes) -> None:
+        """A valid UDP reply; if truncated, all of it is asked for over TCP."""
+        if reply[2] & 0x02:
+            self._over_tcp(self.deadline - self.loop.time())
         else:
-            log.debug("ignored a reply from %s that does not match the query", upstream)
+            self._succeeded(reply)
+
+    def failed(self, error: BaseException) -> None:
+        self._record(error)
+        self.next()
+
+    def _record(self, error: BaseException) -> None:
+        upstream = self.upstream
+        self.errors[upstream] = f"{upstream}: {type(error).__name__} {error}".strip()
+        self.forwarder.failed(upstream)
+
+    def _succeeded(self, reply: bytes) -> None:
+        upstream = self.upstream
+        upstream.fails = 0
+        upstream.observe(reply[3] & 0xF, time.perf_counter() - self.started)
+        self.done(reply, "")
+
+    def _over_tcp(self, timeout: float) -> None:
+        task = self.loop.create_task(self.forwarder.tcp(self.upstream, self.query, self.question_end, timeout))
+        self.forwarder.tasks.add(task)
+        task.add_done_callback(self._tcp_finished)
+
+    def _tcp_finished(self, task: asyncio.Task) -> None:
+        self.forwarder.tasks.discard(task)
+        if task.cancelled():  # shutting down
+            return
+        error = task.exception()
+        if error is None:
+            self._succeeded(task.result())
+        else:
+            self.failed(error)
 
 
-def _expire(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+class _Awaited:
+    """Turns a _Try's outcome into a future's (the health probe awaits it)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future) -> None:
+        self.future = future
+
+    def answered(self, reply: bytes) -> None:
+        if not self.future.done():
+            self.future.set_result(reply)
+
+    def failed(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
 
 
 def _matches(reply: bytes, qid: bytes, query: bytes, question_end: int) -> bool:

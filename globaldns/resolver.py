@@ -6,15 +6,15 @@ them) is answered by the ID and a ready reply, rotated, with its metrics tally; 
 its TTLs tick, and only to a client that may use forwarding. Otherwise it slices the header by index and looks
 the lower-cased question up in the zone table, then in the cache; either hit is answered by splicing
 precomputed bytes: no parse, no object, no await, no lock. Everything else goes the slow path; a cache miss
-makes one task, shared by identical queries in flight.
+is relayed once for every identical query in flight.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from collections.abc import Sequence
+from functools import partial
 from time import perf_counter_ns
 from typing import Protocol
 
@@ -62,7 +62,6 @@ class Resolver:
         "_allowed",
         "_inflight",
         "_known",
-        "_tasks",
         "allow",
         "cache",
         "forwarder",
@@ -89,7 +88,6 @@ class Resolver:
         self._allowed: dict[str, bool] = {}
         self._inflight: dict[bytes, list[Waiter]] = {}
         self._known: dict[bytes, Known] = {}  # query bytes after the ID -> its reply, while the table is unchanged
-        self._tasks: set[asyncio.Task] = set()
 
     def use(self, table: Table) -> None:
         """Answer from table from now on, also when it is the same table patched in place: replies made from what
@@ -145,7 +143,9 @@ class Resolver:
                     cache_key = cache.key(name, query[end - 4 : end], do, query[3] & 0x10)
                     found = self.cache.get(cache_key)
                     if found is None:
-                        return self._slow(query, addr, channel, started)
+                        if not self.recursion:
+                            return self._slow(query, addr, channel, started)
+                        return self._relay(query, end, edns, do, udp_size, cache_key, channel, addr, started)
                     self._remember(query, end, found, edns, do, udp_size, self.cache.current(cache_key))
             else:
                 self._remember(query, end, found, edns, do, udp_size)
@@ -260,32 +260,43 @@ class Resolver:
             current = self.cache.current(cache_key)
             self._remember(query, question.end, found, edns, question.do, question.udp_size, current)
             return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel, started)
+        return self._relay(query, question.end, edns, question.do, question.udp_size, cache_key, channel, addr, started)
+
+    def _relay(
+        self,
+        query: bytes,
+        end: int,
+        edns: bool,
+        do: int,
+        udp_size: int,
+        cache_key: bytes,
+        channel: Channel,
+        addr: object,
+        started: int,
+    ) -> None:
+        """A cache miss of a client allowed to forward: upstream, unless the same question is already there."""
+        assert self.forwarder is not None
         self.cache.misses += 1
-        waiter = (query, question.end, edns, question.do, question.udp_size, channel, addr, started)
+        waiter = (query, end, edns, do, udp_size, channel, addr, started)
         waiting = self._inflight.get(cache_key)
         if waiting is not None:  # the same question is already upstream: wait for that answer
             waiting.append(waiter)
             return None
         self._inflight[cache_key] = [waiter]
-        task = asyncio.create_task(self._forward(cache_key, query, question.end, channel.tcp))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.forwarder.relay(query, end, channel.tcp, partial(self._forwarded, cache_key, end))
         return None
 
-    async def _forward(self, cache_key: bytes, query: bytes, question_end: int, tcp: bool) -> None:
-        """One upstream exchange for every client waiting on cache_key; SERVFAIL (cached 5 s) if none answers."""
-        assert self.forwarder is not None
+    def _forwarded(self, cache_key: bytes, question_end: int, reply: bytes | None, failure: str) -> None:
+        """The upstream's reply (or None: failure says why) for every client waiting on cache_key; SERVFAIL, cached
+        5 s, if it did not answer or did not parse."""
+        waiters = self._inflight.pop(cache_key, [])
         try:
-            reply = await self.forwarder.exchange(query, question_end, tcp)
+            if reply is None:
+                raise UpstreamError(failure)
             parts = wire.split_reply(reply, question_end)
         except (UpstreamError, wire.Malformed) as error:
             warn_once(log, f"upstream {error}", "forwarding failed: %s", error)
             parts = wire.failure_parts(wire.SERVFAIL)
-        except BaseException:
-            parts = wire.failure_parts(wire.SERVFAIL)
-            raise
-        finally:
-            waiters = self._inflight.pop(cache_key, [])
         found = self.cache.put(cache_key, parts)
         for query_, end, edns, do, udp_size, channel, addr, started in waiters:
             reply = self._splice(query_, end, found, edns, do, udp_size, channel, started)
@@ -315,9 +326,6 @@ class Resolver:
 
     async def close(self) -> None:
         """Cancel forwarding in flight (shutdown, after the lameduck)."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.forwarder is not None:
             await self.forwarder.close()
 

@@ -6,6 +6,8 @@ Resolver's forwarding rules that need a fake clock or a foreign client address (
 from __future__ import annotations
 
 import asyncio
+import collections
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -20,7 +22,7 @@ import dns.rrset
 import pytest
 import uvloop
 
-from globaldns import table, wire
+from globaldns import forward, table, wire
 from globaldns.cache import Cache
 from globaldns.config import DEFAULT_ALLOW, Endpoint
 from globaldns.errors import UpstreamError
@@ -59,16 +61,43 @@ def make(name: str = NAME, rdtype: str = "A", qid: int = 0x1234, **kwargs: objec
     return packet, wire.scan(packet).end
 
 
+async def exchange(pool: Forwarder, packet: bytes, end: int, tcp: bool) -> bytes:
+    """Forwarder.relay as an awaitable: the reply, or UpstreamError (a second report would raise here)."""
+    future = asyncio.get_running_loop().create_future()
+
+    def done(reply: bytes | None, failure: str) -> None:
+        if reply is None:
+            future.set_exception(UpstreamError(failure))
+        else:
+            future.set_result(reply)
+
+    pool.relay(packet, end, tcp, done)
+    return await future
+
+
 def run(pool: Forwarder, test: Callable[[Forwarder], Awaitable[T]]) -> T:
     """Run test(pool) on uvloop, then close the pool on that loop."""
 
     async def main() -> T:
+        errors = catch_callback_errors()
         try:
             return await test(pool)
         finally:
             await pool.close()
+            assert not errors, errors
 
     return uvloop.run(main())
+
+
+def catch_callback_errors() -> list[dict]:
+    """What the loop would only log: an exception raised in a callback (the relay path is callbacks)."""
+    errors: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+    return errors
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 async def timed(awaitable: Awaitable[T]) -> tuple[T, float]:
@@ -103,7 +132,7 @@ def spoof(query: dns.message.Message) -> dns.message.Message:
 def test_reply_is_for_the_question_asked():
     with Upstream() as up:
         packet, end = make()
-        reply = run(forwarder(up.port), lambda pool: pool.exchange(packet, end, False))
+        reply = run(forwarder(up.port), lambda pool: exchange(pool, packet, end, False))
     message = dns.message.from_wire(reply)
     assert message.question[0].name == dns.name.from_text(NAME)
     assert message.question[0].rdtype == dns.rdatatype.A
@@ -121,7 +150,7 @@ def test_reply_whose_question_differs_only_in_case_is_accepted():
 
     with Upstream(lower_case_question) as up:
         packet, end = make("WwW.ExAmPlE.CoM")
-        reply = run(forwarder(up.port), lambda pool: pool.exchange(packet, end, False))
+        reply = run(forwarder(up.port), lambda pool: exchange(pool, packet, end, False))
     assert addresses(reply) == ["192.0.2.7"]
     assert up.queries[0][1].question[0].name.labels[0] == b"WwW"  # relayed with the client's case
 
@@ -133,7 +162,7 @@ def test_upstream_id_is_fresh_and_varies(tcp):
         packet, end = make(qid=client_id)
 
         async def test(pool: Forwarder) -> list[bytes]:
-            return [await pool.exchange(packet, end, tcp) for _ in range(8)]
+            return [await exchange(pool, packet, end, tcp) for _ in range(8)]
 
         replies = run(forwarder(up.port), test)
     sent = [query.id for _, query in up.queries]
@@ -156,7 +185,7 @@ def test_upstream_id_is_fresh_and_varies(tcp):
 def test_mismatched_udp_replies_are_ignored_and_the_real_one_used(script):
     with Upstream(script) as up:
         packet, end = make()
-        reply, elapsed = run(forwarder(up.port), lambda pool: timed(pool.exchange(packet, end, False)))
+        reply, elapsed = run(forwarder(up.port), lambda pool: timed(exchange(pool, packet, end, False)))
     assert addresses(reply) == ["192.0.2.7"]
     assert elapsed < TRY  # taken from the same try, not after a timeout
     assert up.count() == 1
@@ -167,7 +196,7 @@ def test_mismatched_tcp_reply_fails_over_and_its_connection_is_dropped():
         packet, end = make()
 
         async def test(pool: Forwarder) -> bytes:
-            reply = await pool.exchange(packet, end, True)
+            reply = await exchange(pool, packet, end, True)
             assert pool.upstreams[0].idle == []  # a connection that lied is not pooled
             assert pool.upstreams[0].fails == 1
             return reply
@@ -175,6 +204,85 @@ def test_mismatched_tcp_reply_fails_over_and_its_connection_is_dropped():
         reply = run(forwarder(liar.port, good.port), test)
     assert addresses(reply) == ["192.0.2.7"]
     assert (liar.count(transport="tcp"), good.count(transport="tcp")) == (1, 1)
+
+
+# --- UDP sockets --------------------------------------------------------------------------------------------
+
+
+def numbered(query: dns.message.Message, transport: str) -> dns.message.Message:
+    """q<N>.example.com answered with 10.0.<N / 256>.<N % 256>: each reply tells which question it is for."""
+    label = query.question[0].name.labels[0]
+    if not label.startswith(b"q"):  # the probe's `. NS`
+        return default_handler(query, transport)
+    number = int(label[1:])
+    return answer(query, f"10.0.{number >> 8}.{number & 255}")
+
+
+def test_concurrent_queries_share_a_pool_of_source_ports_and_each_gets_its_own_reply():
+    with Upstream(numbered) as up:
+        questions = [make(f"q{i}.example.com") for i in range(300)]
+
+        async def test(pool: Forwarder) -> list[bytes]:
+            return await asyncio.gather(*(exchange(pool, packet, end, False) for packet, end in questions))
+
+        replies = run(forwarder(up.port, try_timeout=2.0, deadline=4.0), test)  # 300 at once: the fake is slow
+    assert [addresses(reply) for reply in replies] == [[f"10.0.{i >> 8}.{i & 255}"] for i in range(300)]
+    uses = collections.Counter(up.udp_source_ports)
+    assert 1 < len(uses) <= 2 * (1 << forward._LINK_BITS)  # several ports at once, each reused
+    assert max(uses.values()) <= forward._LINK_USES
+
+
+def test_a_udp_socket_moves_to_a_new_port_after_its_uses_and_after_its_age(monkeypatch):
+    with Upstream(numbered) as up:
+        questions = [make(f"q{i}.example.com") for i in range(60)]
+
+        async def test(pool: Forwarder) -> None:
+            for packet, end in questions:
+                await exchange(pool, packet, end, False)
+
+        monkeypatch.setattr(forward, "_LINK_USES", 3)
+        run(forwarder(up.port), test)
+        by_uses = collections.Counter(up.udp_source_ports)
+        monkeypatch.setattr(forward, "_LINK_USES", 100)
+        monkeypatch.setattr(forward, "_LINK_AGE", 0.0)
+        run(forwarder(up.port), test)
+        by_age = collections.Counter(up.udp_source_ports[60:])
+    assert max(by_uses.values()) <= 3 and len(by_uses) >= 20
+    assert max(by_age.values()) == 1
+
+
+def test_sockets_are_closed_when_retired_and_on_close(monkeypatch):
+    monkeypatch.setattr(forward, "_LINK_USES", 2)
+    with Upstream(numbered) as up:
+        questions = [make(f"q{i}.example.com") for i in range(100)]
+
+        async def test(pool: Forwarder) -> tuple[int, int, int]:
+            before = open_files()
+            await asyncio.gather(*(exchange(pool, packet, end, False) for packet, end in questions[:50]))
+            await asyncio.gather(*(exchange(pool, packet, end, False) for packet, end in questions[50:]))
+            during = open_files()
+            await pool.close()
+            return before, during, open_files()
+
+        before, during, after = run(forwarder(up.port, try_timeout=2.0, deadline=4.0), test)
+    assert during <= before + (1 << forward._LINK_BITS)  # the pool; the retired ones are closed
+    assert after == before
+
+
+def test_refused_fails_every_query_waiting_on_the_socket_at_once():
+    port = dead_port()
+    questions = [make(f"q{i}.example.com") for i in range(40)]
+
+    async def test(pool: Forwarder) -> list[BaseException | bytes]:
+        return await asyncio.gather(*(exchange(pool, p, e, False) for p, e in questions), return_exceptions=True)
+
+    async def timed_test(pool: Forwarder) -> tuple[list[BaseException | bytes], float]:
+        return await timed(test(pool))
+
+    outcomes, elapsed = run(forwarder(port, try_timeout=1.0, deadline=2.0), timed_test)
+    assert all(isinstance(outcome, UpstreamError) for outcome in outcomes)
+    assert all("ConnectionRefusedError" in str(outcome) for outcome in outcomes)
+    assert elapsed < 0.5
 
 
 # --- failover and deadlines -----------------------------------------------------------------------------------
@@ -185,7 +293,7 @@ def test_silent_upstream_times_out_after_the_per_try_timeout_then_the_next_answe
         packet, end = make()
 
         async def test(pool: Forwarder) -> tuple[bytes, float]:
-            result = await timed(pool.exchange(packet, end, False))
+            result = await timed(exchange(pool, packet, end, False))
             assert (pool.upstreams[0].fails, pool.upstreams[1].fails) == (1, 0)
             return result
 
@@ -199,7 +307,7 @@ def test_refused_upstream_fails_over_at_once():
     with Upstream(lambda q, t: real(q)) as good:
         packet, end = make()
         pool = forwarder(dead_port(), good.port, try_timeout=1.0, deadline=3.0)
-        reply, elapsed = run(pool, lambda pool: timed(pool.exchange(packet, end, False)))
+        reply, elapsed = run(pool, lambda pool: timed(exchange(pool, packet, end, False)))
     assert addresses(reply) == ["192.0.2.7"]
     assert elapsed < 0.3  # ICMP port unreachable on the connected socket, no 1 s wait
     assert good.count() == 1
@@ -213,13 +321,13 @@ def test_all_silent_raise_upstream_error_within_the_deadline():
             loop = asyncio.get_running_loop()
             started = loop.time()
             with pytest.raises(UpstreamError) as raised:
-                await pool.exchange(packet, end, False)
+                await exchange(pool, packet, end, False)
             return str(raised.value), loop.time() - started
 
         message, elapsed = run(forwarder(first.port, second.port), test)
     assert DEADLINE - 0.02 <= elapsed <= DEADLINE + MARGIN
     assert f"127.0.0.1:{first.port}: TimeoutError" in message
-    assert (first.count(), second.count()) == (2, 1)  # failed over, then round again while time was left
+    assert (first.count(NAME), second.count(NAME)) == (2, 1)  # failed over, then round again (not `. NS` probes)
 
 
 def test_all_refused_raise_upstream_error_quickly_naming_each_upstream_once():
@@ -230,7 +338,7 @@ def test_all_refused_raise_upstream_error_quickly_naming_each_upstream_once():
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(UpstreamError) as raised:
-            await pool.exchange(packet, end, False)
+            await exchange(pool, packet, end, False)
         elapsed = loop.time() - started
         assert all(upstream.down for upstream in pool.upstreams)  # max_fails reached on the way
         return str(raised.value), elapsed
@@ -247,7 +355,7 @@ def test_truncated_udp_reply_is_retried_over_tcp_on_the_same_upstream():
 
     with Upstream(script) as up, Upstream() as other:
         packet, end = make()
-        reply = run(forwarder(up.port, other.port), lambda pool: pool.exchange(packet, end, False))
+        reply = run(forwarder(up.port, other.port), lambda pool: exchange(pool, packet, end, False))
     message = dns.message.from_wire(reply)
     assert not message.flags & dns.flags.TC
     assert sorted(addresses(reply)) == sorted(MANY)
@@ -265,7 +373,7 @@ def test_tcp_exchanges_reuse_one_connection_and_close_releases_it():
 
         async def test(pool: Forwarder) -> None:
             for _ in range(3):
-                assert addresses(await pool.exchange(packet, end, True)) == ["192.0.2.1"]
+                assert addresses(await exchange(pool, packet, end, True)) == ["192.0.2.1"]
             (_, writer, _), *others = pool.upstreams[0].idle
             assert others == []
             await pool.close()
@@ -282,7 +390,7 @@ def test_pooled_connection_closed_by_the_upstream_is_replaced():
         packet, end = make()
 
         async def test(pool: Forwarder) -> list[bytes]:
-            return [await pool.exchange(packet, end, True) for _ in range(2)]
+            return [await exchange(pool, packet, end, True) for _ in range(2)]
 
         replies = run(forwarder(up.port), test)
     assert [addresses(reply) for reply in replies] == [["192.0.2.7"]] * 2
@@ -292,7 +400,7 @@ def test_pooled_connection_closed_by_the_upstream_is_replaced():
 def test_tcp_upstream_that_closes_without_a_reply_fails_over():
     with Upstream(lambda q, t: Close()) as closer, Upstream(lambda q, t: real(q)) as good:
         packet, end = make()
-        reply, elapsed = run(forwarder(closer.port, good.port), lambda pool: timed(pool.exchange(packet, end, True)))
+        reply, elapsed = run(forwarder(closer.port, good.port), lambda pool: timed(exchange(pool, packet, end, True)))
     assert addresses(reply) == ["192.0.2.7"]
     assert elapsed < TRY
     assert good.count(transport="tcp") == 1
@@ -307,7 +415,7 @@ def test_sequential_policy_always_asks_the_first_healthy_upstream():
 
         async def test(pool: Forwarder) -> None:
             for _ in range(6):
-                await pool.exchange(packet, end, False)
+                await exchange(pool, packet, end, False)
 
         run(forwarder(first.port, second.port), test)
     assert (first.count(), second.count()) == (6, 0)
@@ -319,7 +427,7 @@ def test_random_policy_spreads_queries():
 
         async def test(pool: Forwarder) -> None:
             for _ in range(24):
-                await pool.exchange(packet, end, False)
+                await exchange(pool, packet, end, False)
 
         run(forwarder(first.port, second.port, policy="random"), test)
     assert first.count() + second.count() == 24
@@ -344,12 +452,12 @@ def test_max_fails_marks_down_probe_brings_back():
         async def test(pool: Forwarder) -> None:
             upstream = pool.upstreams[0]
             for fails in (1, 2):
-                assert addresses(await pool.exchange(packet, end, False)) == ["192.0.2.1"]  # from the second
+                assert addresses(await exchange(pool, packet, end, False)) == ["192.0.2.1"]  # from the second
                 assert upstream.fails == fails
             assert upstream.down
             assert isinstance(upstream.probe, asyncio.Task) and not upstream.probe.done()
             asked = first.count(NAME)
-            _, elapsed = await timed(pool.exchange(packet, end, False))
+            _, elapsed = await timed(exchange(pool, packet, end, False))
             assert elapsed < TRY  # the down one is tried last: no timeout spent on it
             assert first.count(NAME) == asked == 2
             await wait_until(lambda: any(is_probe(query) for _, query in first.queries))
@@ -357,7 +465,7 @@ def test_max_fails_marks_down_probe_brings_back():
             broken.clear()
             await wait_until(lambda: upstream.probe is None)
             assert (upstream.fails, upstream.down) == (0, False)
-            await pool.exchange(packet, end, False)
+            await exchange(pool, packet, end, False)
             assert first.count(NAME) == 3  # first again
 
         run(forwarder(first.port, second.port, max_fails=2), test)
@@ -377,10 +485,10 @@ def test_when_every_upstream_is_down_they_are_still_tried():
 
         async def test(pool: Forwarder) -> bytes:
             with pytest.raises(UpstreamError):
-                await pool.exchange(packet, end, False)
+                await exchange(pool, packet, end, False)
             assert all(upstream.down for upstream in pool.upstreams)
             answering.set()
-            reply = await pool.exchange(packet, end, False)
+            reply = await exchange(pool, packet, end, False)
             assert all(upstream.down for upstream in pool.upstreams)  # probes still unanswered
             return reply
 
@@ -393,7 +501,7 @@ def test_close_cancels_probes():
 
     async def test(pool: Forwarder) -> None:
         with pytest.raises(UpstreamError):
-            await pool.exchange(packet, end, False)
+            await exchange(pool, packet, end, False)
         probe = pool.upstreams[0].probe
         assert probe is not None and not probe.done()
         await pool.close()
@@ -426,12 +534,14 @@ class Collect:
 
 def run_resolver(pool: Forwarder, clock: Callable[[], float], test: Callable[[Resolver], Awaitable[None]]) -> None:
     async def main() -> None:
+        errors = catch_callback_errors()
         zone = table.compile((), ["global"], ttl=30, serial=1, recursion=True)
         resolver = Resolver(zone, pool, Cache(100, clock=clock), DEFAULT_ALLOW)
         try:
             await test(resolver)
         finally:
             await resolver.close()
+            assert not errors, errors
 
     uvloop.run(main())
 

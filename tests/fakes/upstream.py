@@ -250,6 +250,7 @@ class Upstream:
         self.errors: list[BaseException] = []
         self._cond = threading.Condition()
         self._queries: list[tuple[str, dns.message.Message]] = []
+        self._udp_ports: list[int] = []
         self._tcp_connections = 0
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -279,6 +280,12 @@ class Upstream:
         """Snapshot of every query received, as (transport, message), in arrival order."""
         with self._cond:
             return list(self._queries)
+
+    @property
+    def udp_source_ports(self) -> list[int]:
+        """The source port of every UDP query, in arrival order: lets tests see how a forwarder uses its sockets."""
+        with self._cond:
+            return list(self._udp_ports)
 
     @property
     def tcp_connections(self) -> int:
@@ -482,6 +489,8 @@ class Upstream:
             return
         with self._cond:
             self._queries.append((transport, query))
+            if addr is not None:
+                self._udp_ports.append(addr[1])
             self._cond.notify_all()
         try:
             response = self._handler(query, transport)
