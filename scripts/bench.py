@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import re
 import shlex
@@ -38,6 +39,8 @@ from tests.processes import free_port  # noqa: E402
 GO_REFERENCE_BUILD = REPO.parent / "shared" / "bench" / "build.sh"
 TICKS = os.sysconf("SC_CLK_TCK")
 NAMES = 1000
+UNIQUE = 2_000_000  # names in a W5 query file: more than one run of dnsperf asks
+RUNS = itertools.count()  # numbers the W5 query files, so no two runs share a name
 PIN: dict[str, list[str]] = {"server": [], "client": []}  # --pin: taskset prefixes, server and dnsperf apart
 
 
@@ -47,6 +50,7 @@ class Workload:
     queries: str  # file name in the work directory
     flags: tuple[str, ...] = ()
     warm: bool = False  # run the query file once first (cache hits)
+    fresh: bool = False  # every dnsperf run asks names no run asked before (cache misses, whichever cache)
 
 
 WORKLOADS = [
@@ -54,7 +58,7 @@ WORKLOADS = [
     Workload("W2 NXDOMAIN", "w2.txt"),
     Workload("W3 cache hits", "w3.txt", warm=True),
     Workload("W4 AAAA NODATA", "w4.txt"),
-    Workload("W5 cache misses", "w5.txt"),
+    Workload("W5 cache misses", "w5.txt", fresh=True),
     Workload("W1 tcp", "w1.txt", ("-m", "tcp")),
     Workload("W1 edns", "w1.txt", ("-e",)),
     Workload("W2 edns", "w2.txt", ("-e",)),
@@ -73,8 +77,9 @@ class Result:
     p99_ms: float = 0.0
 
 
-def write_inputs(work: Path, names: int, unique: int) -> None:
-    """ServiceEntries and a hosts file with the same names, the upstream's zone, and one query file per workload."""
+def write_inputs(work: Path, names: int) -> None:
+    """ServiceEntries and a hosts file with the same names, the upstream's zone, and the query files of the
+    workloads (W5's is written before each run: write_fresh)."""
     hosts = [(f"svc-{i}.ns-{i % 10}.global", f"240.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}") for i in range(names)]
     documents = [
         f"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc-{i}, namespace: ns-{i % 10}}}\n"
@@ -94,7 +99,13 @@ def write_inputs(work: Path, names: int, unique: int) -> None:
     (work / "w2.txt").write_text("".join(misses))
     (work / "w3.txt").write_text("".join(f"name{i}.example.com A\n" for i in range(100)))
     (work / "w4.txt").write_text("".join(f"{host} AAAA\n" for host, _ in hosts))
-    (work / "w5.txt").write_text("".join(f"u{i}.miss.example.com A\n" for i in range(unique)))
+
+
+def write_fresh(queries: Path, run: int) -> None:
+    """Unique names for one dnsperf run, none asked by another run: dnsperf starts every run at the file's first
+    line, and a name another run asked may still be in a server's cache (the Go reference keeps every answer for
+    its TTL, globaldns the last --cache-size), which would make W5 partly cache hits, unequally."""
+    queries.write_text("".join(f"u{i}.r{run}.miss.example.com A\n" for i in range(UNIQUE)))
 
 
 class Server:
@@ -198,6 +209,8 @@ def measure(server: Server, work: Path, workload: Workload, seconds: float, late
     queries = work / workload.queries
     if workload.warm:
         dnsperf(server.port, queries, 1, workload.flags)
+    if workload.fresh:
+        write_fresh(queries, next(RUNS))
     before = server.cpu_ticks()
     output = dnsperf(server.port, queries, seconds, workload.flags)
     ticks = server.cpu_ticks() - before
@@ -209,6 +222,8 @@ def measure(server: Server, work: Path, workload: Workload, seconds: float, late
         avg_ms=float(re.search(r"Average Latency \(s\):\s+([\d.]+)", output).group(1)) * 1e3,  # type: ignore[union-attr]
     )
     if latency:  # `> RCODE name type seconds` per answered query; a lost one has no seconds
+        if workload.fresh:
+            write_fresh(queries, next(RUNS))
         lines = dnsperf(server.port, queries, 2, workload.flags, verbose=True).splitlines()
         samples = sorted(
             float(fields[-1])
@@ -280,7 +295,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="globaldns-bench-") as directory:
         work = Path(directory)
-        write_inputs(work, args.names, 2_000_000)
+        write_inputs(work, args.names)
         upstream_port = free_port()
         upstream = Server(
             "upstream",

@@ -35,3 +35,18 @@ def test_ratios_are_the_median_of_each_rounds_own(monkeypatch: pytest.MonkeyPatc
     assert _ratio([1, 2, 9], [2, 4, 3]) == "0.50"
     assert _ratio([1, 3, 2, 4], [1, 1, 1, 1]) == "2.50 (1.25-3.75)"  # quartiles from 4 rounds on
     assert _ratio([1.0], [0.0]) == "-"
+
+
+def test_each_w5_run_asks_names_no_other_run_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    # dnsperf starts every run at the file's first line: reusing a file would make W5 partly cache hits
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import bench
+
+    monkeypatch.setattr(bench, "UNIQUE", 1000)
+    runs = []
+    for run in (0, 1):
+        bench.write_fresh(tmp_path / "w5.txt", run)
+        runs.append((tmp_path / "w5.txt").read_text().splitlines())
+    assert [len(set(names)) for names in runs] == [1000, 1000]
+    assert not set(runs[0]) & set(runs[1])
+    assert all(line.endswith(".miss.example.com A") for line in runs[0] + runs[1])
