@@ -191,6 +191,40 @@ def test_a_json_list_is_read_by_the_json_module(tmp_path, monkeypatch: pytest.Mo
     ]
 
 
+@pytest.mark.parametrize(
+    ("document", "names"),
+    [
+        (
+            {
+                "apiVersion": "v1",
+                "items": [
+                    se_dict("a", "a.global"),
+                    {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}},
+                    {**se_dict("bad", "b.global"), "spec": {"hosts": ["a b.global"]}},
+                    "not an object",
+                    se_dict("c", "c.global", "10.0.0.0/24"),
+                ],
+                "kind": "ServiceEntryList",
+                "metadata": {"resourceVersion": "7"},
+            },
+            ["a", "c"],
+        ),
+        ({"apiVersion": "v1", "items": [], "kind": "List"}, []),
+        ({**se_dict("s", "s.global"), "items": [se_dict("a", "a.global")]}, ["s"]),
+        ({"apiVersion": "v1", "items": [se_dict("a", "a.global")], "kind": "Whatever"}, []),
+        ([se_dict("a", "a.global")], []),
+        (None, []),
+    ],
+    ids=["list", "empty-list", "entry-with-items", "items-of-no-list", "array", "null"],
+)
+def test_a_json_file_reads_as_the_same_content_in_yaml(tmp_path, document, names):
+    """The json module reads .json files a List item at a time; what it finds must be what YAML finds."""
+    as_json = parse_file(str(write(tmp_path / "f.json", json.dumps(document, indent=1))))
+    as_yaml = parse_file(str(write(tmp_path / "f.yaml", json.dumps(document, indent=1))))
+    assert [entry.name for entry in as_json.entries] == names
+    assert repr(as_json).replace("f.json", "F") == repr(as_yaml).replace("f.yaml", "F")
+
+
 def test_a_json_named_file_holding_yaml_is_still_read(tmp_path):
     path = write(tmp_path / "entry.json", se_yaml("y", "y.global"))
     assert [entry.name for entry in parse_file(str(path)).entries] == ["y"]

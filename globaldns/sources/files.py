@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -21,7 +20,7 @@ from globaldns import heap
 from globaldns.errors import InvalidServiceEntry, SourceError
 from globaldns.logs import warn_once
 from globaldns.serviceentry import KIND, ServiceEntry
-from globaldns.sources import Changes, Publish, Snapshot, SourceStats
+from globaldns.sources import Changes, Publish, Snapshot, SourceStats, jsonlist
 
 log = logging.getLogger(__name__)
 
@@ -52,59 +51,73 @@ def find_files(path: str) -> list[str]:
 
 @heap.collector_paused()
 def parse_file(path: str) -> ParsedFile:
-    """Every ServiceEntry in a multi-document file (List kinds unpacked); SourceError if it does not parse."""
+    """Every ServiceEntry in a multi-document file (List kinds unpacked); SourceError if it does not parse.
+
+    Each object is validated as soon as it is parsed and dropped, so a file is never in memory whole.
+    """
+    reading = _Reading(path)
     try:
         with open(path, encoding="utf-8") as stream:
-            documents = _json_documents(path, stream)
-            if documents is None:
+            if not (path.endswith(".json") and _read_json(stream, reading)):
                 stream.seek(0)
-                documents = list(yaml.load_all(stream, Loader=_Loader))  # a stream: errors name the file
+                reading = _Reading(path)
+                for index, document in enumerate(yaml.load_all(stream, Loader=_Loader)):  # a stream: errors name it
+                    reading.add_document(index, document)
     except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: not UTF-8, or a date like 2024-02-30
         raise SourceError(f"{path}: {error}") from error
-    entries: list[ServiceEntry] = []
-    problems: list[str] = []
-    invalid = 0
-    for index, document in enumerate(documents):
-        for position, obj in _objects(document):
-            origin = f"{path}#{index}{position}"
-            try:
-                entry = ServiceEntry.from_dict(obj, origin)
-            except InvalidServiceEntry as error:
-                problems.append(str(error))
-                invalid += 1
-                continue
-            entries.append(entry)
-            problems.extend(entry.warnings)
-    return ParsedFile(tuple(entries), tuple(problems), invalid)
+    return ParsedFile(tuple(reading.entries), tuple(reading.problems), reading.invalid)
 
 
-def _json_documents(path: str, stream: TextIO) -> list[Any] | None:
-    """A .json file (`kubectl get -o json`) read by the json module, many times faster than as YAML; None if it is
-    not JSON after all, so YAML (a superset) reads it or names what is wrong."""
-    if not path.endswith(".json"):
-        return None
+class _Reading:
+    """What parse_file has found in one file so far."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.entries: list[ServiceEntry] = []
+        self.problems: list[str] = []
+        self.invalid = 0
+
+    def add_document(self, index: int, document: Any) -> None:
+        """The ServiceEntry-looking objects of one document: itself, or the items of a List."""
+        if (
+            isinstance(document, dict)
+            and isinstance(document.get("items"), list)
+            and str(document.get("kind")).endswith("List")
+        ):
+            for position, item in enumerate(document["items"]):
+                self.add(f"#{index}.items[{position}]", item)
+        elif document is not None:
+            self.add(f"#{index}", document)
+
+    def add(self, position: str, obj: Any) -> None:
+        """Validate one object if it is a candidate: other kinds in a mixed manifest are not ours and not a
+        problem; anything kind-less is a problem."""
+        if isinstance(obj, dict) and obj.get("kind") not in (KIND, None):
+            return
+        try:
+            entry = ServiceEntry.from_dict(obj, self.path + position)
+        except InvalidServiceEntry as error:
+            self.problems.append(str(error))
+            self.invalid += 1
+            return
+        self.entries.append(entry)
+        self.problems.extend(entry.warnings)
+
+
+def _read_json(stream: TextIO, reading: _Reading) -> bool:
+    """A .json file (`kubectl get -o json`) read by the json module, many times faster than as YAML, a List's items
+    one at a time; False if it is not JSON after all, so YAML (a superset) reads it or names what is wrong, and
+    False for an object whose "items" array turns out not to be a List's (then YAML reads it whole, as it is)."""
+    document = jsonlist.Document(stream)
     try:
-        return [json.load(stream)]
+        for position, item in enumerate(document.items()):
+            reading.add(f"#0.items[{position}]", item)
     except ValueError:
-        return None
-
-
-def _objects(document: Any) -> list[tuple[str, Any]]:
-    """The ServiceEntry-looking objects of one document: itself, or the items of a List."""
-    if document is None:
-        return []
-    if (
-        isinstance(document, dict)
-        and isinstance(document.get("items"), list)
-        and str(document.get("kind")).endswith("List")
-    ):
-        return [(f".items[{i}]", item) for i, item in enumerate(document["items"]) if _is_candidate(item)]
-    return [("", document)] if _is_candidate(document) else []
-
-
-def _is_candidate(obj: Any) -> bool:
-    """Other kinds in a mixed manifest are not ours and not a problem; anything kind-less is a problem."""
-    return not isinstance(obj, dict) or obj.get("kind") in (KIND, None)
+        return False
+    if not document.streamed:
+        reading.add_document(0, document.top)
+        return True
+    return str(document.top.get("kind")).endswith("List")
 
 
 def _signature(path: str) -> Signature | None:
