@@ -361,6 +361,7 @@ class _Server(socketserver.ThreadingMixIn, HTTPServer):
         )
         with self.api._cond:
             self.api._conns[request] = thread
+            self.api._threads = [*(t for t in self.api._threads if t.is_alive()), thread]
         thread.start()
 
     def _run(self, request: socket.socket, client_address: Any) -> None:
@@ -422,7 +423,8 @@ class KubeAPI:
         self._hang_next = 0
         self._gone_next = 0
         self._drop_after: deque[int] = deque()
-        self._conns: dict[socket.socket, threading.Thread] = {}
+        self._conns: dict[socket.socket, threading.Thread] = {}  # open connections, to shut down on stop()
+        self._threads: list[threading.Thread] = []  # their threads, kept until they have ended: stop() joins them
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -454,12 +456,12 @@ class KubeAPI:
         server.shutdown()  # no new connections after this returns
         thread.join()
         with self._cond:
-            conns = list(self._conns.items())
-            for sock, _ in conns:  # unblocks handlers reading the next request on an idle keep-alive connection
+            for sock in self._conns:  # unblocks handlers reading the next request on an idle keep-alive connection
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+            threads = list(self._threads)  # also those that left _conns and are still on their way out
         stuck = []
-        for _, conn_thread in conns:
+        for conn_thread in threads:
             conn_thread.join(timeout=10)
             if conn_thread.is_alive():
                 stuck.append(conn_thread.name)
