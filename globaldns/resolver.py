@@ -23,7 +23,7 @@ from globaldns.errors import UpstreamError
 from globaldns.forward import Forwarder
 from globaldns.logs import query_line, warn_once
 from globaldns.metrics import FAST_BUCKET, ONE_REPLY, RCODES
-from globaldns.table import Answer, Table
+from globaldns.table import OTHER, SLOTS, Answer, Table
 
 log = logging.getLogger(__name__)
 query_log = logging.getLogger("globaldns.query")
@@ -125,30 +125,29 @@ class Resolver:
                 edns, do, udp_size = True, query[end + 7] & 0x80, query[end + 3] << 8 | query[end + 4]
             else:
                 return self._slow(query, addr, channel, started)
-            key = query[12:end].lower()
+            name = query[12 : end - 4].lower()
             table = self.table
-            found = table.answers.get(key)
-            if found is None:
-                name = key[:-4]
-                if name.endswith(table.suffixes):  # maybe in a zone: NXDOMAIN, NODATA, wildcard
-                    if query[end - 2 : end] != _CLASS_IN:
-                        return self._slow(query, addr, channel, started)
-                    found = table.find(name, query[end - 4] << 8 | query[end - 3], exact=False)
-                    if found is None:
-                        return self._slow(query, addr, channel, started)
-                    self._remember(query, end, found, edns, do, udp_size)
-                else:
-                    if not self._may_forward(addr):  # before the cache, so a refused client counts no cache hit
-                        return self._slow(query, addr, channel, started)
-                    cache_key = cache.key(name, query[end - 4 : end], do, query[3] & 0x10)
-                    found = self.cache.get(cache_key)
-                    if found is None:
-                        if not self.recursion:
-                            return self._slow(query, addr, channel, started)
-                        return self._relay(query, end, edns, do, udp_size, cache_key, channel, addr, started)
-                    self._remember(query, end, found, edns, do, udp_size, self.cache.current(cache_key))
-            else:
+            records = table.names.get(name)
+            if records is not None and query[end - 2 : end] == _CLASS_IN:
+                found = records[SLOTS.get(query[end - 4] << 8 | query[end - 3], OTHER)]
                 self._remember(query, end, found, edns, do, udp_size)
+            elif name.endswith(table.suffixes):  # maybe in a zone: NXDOMAIN, a wildcard, another class
+                if query[end - 2 : end] != _CLASS_IN:
+                    return self._slow(query, addr, channel, started)
+                found = table.find(name, query[end - 4] << 8 | query[end - 3], exact=False)
+                if found is None:
+                    return self._slow(query, addr, channel, started)
+                self._remember(query, end, found, edns, do, udp_size)
+            else:
+                if not self._may_forward(addr):  # before the cache, so a refused client counts no cache hit
+                    return self._slow(query, addr, channel, started)
+                cache_key = cache.key(name, query[end - 4 : end], do, query[3] & 0x10)
+                found = self.cache.get(cache_key)
+                if found is None:
+                    if not self.recursion:
+                        return self._slow(query, addr, channel, started)
+                    return self._relay(query, end, edns, do, udp_size, cache_key, channel, addr, started)
+                self._remember(query, end, found, edns, do, udp_size, self.cache.current(cache_key))
             return self._splice(query, end, found, edns, do, udp_size, channel, started)
         return self._slow(query, addr, channel, started)
 

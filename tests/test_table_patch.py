@@ -40,9 +40,8 @@ def contents(compiled: table.Table) -> dict[str, Any]:
         return heads, tuple(bodies), outcome
 
     return {
-        "answers": {key: flat(answer) for key, answer in compiled.answers.items()},
-        "names": {name: flat(answer) for name, answer in compiled.names.items()},
-        "wildcards": {name: {t: flat(a) for t, a in records.items()} for name, records in compiled.wildcards.items()},
+        "names": {name: tuple(map(flat, records)) for name, records in compiled.names.items()},
+        "wildcards": {name: tuple(map(flat, records)) for name, records in compiled.wildcards.items()},
         "hosts": dict(compiled.hosts),
         "conflicts": dict(compiled.conflicts),
         "serial": compiled.serial,
