@@ -56,11 +56,17 @@ class ServiceEntry:
         if not isinstance(obj, dict):
             raise InvalidServiceEntry(f"{origin}: not a mapping")
         metadata = obj.get("metadata") or {}
-        ref = f"{metadata.get('namespace') or 'default'}/{metadata.get('name')}" if isinstance(metadata, dict) else "?"
-        where = f"{origin} {ref}".strip()
+
+        def where() -> str:  # only for messages: 100,000 valid entries format nothing
+            ref = (
+                f"{metadata.get('namespace') or 'default'}/{metadata.get('name')}"
+                if isinstance(metadata, dict)
+                else "?"
+            )
+            return f"{origin} {ref}".strip()
 
         def invalid(reason: str) -> InvalidServiceEntry:
-            return InvalidServiceEntry(f"{where}: {reason}")
+            return InvalidServiceEntry(f"{where()}: {reason}")
 
         api_version = obj.get("apiVersion")
         group, _, version = str(api_version).partition("/")
@@ -97,7 +103,7 @@ class ServiceEntry:
             hosts=hosts,
             addresses=addresses,
             status_addresses=tuple(status_addresses),
-            warnings=tuple(f"{where}: {warning}" for warning in warnings),
+            warnings=tuple(f"{where()}: {warning}" for warning in warnings) if warnings else (),
             origin=origin,
         )
 
@@ -113,7 +119,7 @@ def _hosts(value: Any, invalid: Any) -> tuple[str, ...]:
         if name != "*" and (len(name) > 253 or not _HOST.match(name)):
             raise invalid(f"spec.hosts[{index}] {host!r} is not a DNS name")
         hosts.append(name)
-    return tuple(dict.fromkeys(hosts))
+    return tuple(dict.fromkeys(hosts)) if len(hosts) > 1 else tuple(hosts)
 
 
 def _addresses(value: Any, field: str, warnings: list[str], invalid: Any) -> tuple[IPAddress, ...]:
@@ -139,7 +145,7 @@ def _addresses(value: Any, field: str, warnings: list[str], invalid: Any) -> tup
             warnings.append(f"{label} {text!r} is a range, not one address; skipped")
         else:
             addresses.append(network.network_address)
-    return tuple(dict.fromkeys(addresses))
+    return tuple(dict.fromkeys(addresses)) if len(addresses) > 1 else tuple(addresses)
 
 
 def _plain_address(text: Any) -> IPAddress | None:
@@ -167,7 +173,7 @@ def _timestamp(value: Any, invalid: Any) -> float | None:
         return None
     if not isinstance(value, datetime):
         try:
-            value = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            value = datetime.fromisoformat(str(value))  # Python 3.11 reads the "Z" of RFC 3339 itself
         except ValueError:
             raise invalid(f"metadata.creationTimestamp {value!r} is not RFC 3339") from None
     if value.tzinfo is None:  # Kubernetes writes UTC; never read a timestamp in the machine's zone
