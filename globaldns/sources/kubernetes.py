@@ -331,13 +331,13 @@ class Reflector:
     def _parse(
         self, obj: dict[str, Any], entries: dict[tuple[str, str], ServiceEntry], problems: dict[tuple[str, str], str]
     ) -> None:
-        metadata = obj.get("metadata") or {}
-        key = (metadata.get("namespace") or "default", metadata.get("name") or "")
         try:
             entry = ServiceEntry.from_dict(obj, "kubernetes")
         except InvalidServiceEntry as error:
-            problems[key] = str(error)
+            metadata = obj.get("metadata") or {}
+            problems[(metadata.get("namespace") or "default", metadata.get("name") or "")] = str(error)
             return
+        key = (entry.namespace, entry.name)  # the entry's own strings: its namespace is interned, the raw one not
         entries[key] = entry
         if entry.warnings:
             problems[key] = "; ".join(entry.warnings)
