@@ -298,7 +298,13 @@ class Resolver:
             parts = wire.failure_parts(wire.SERVFAIL)
         found = self.cache.put(cache_key, parts)
         for query_, end, edns, do, udp_size, channel, addr, started in waiters:
-            reply = self._splice(query_, end, found, edns, do, udp_size, channel, started)
+            try:
+                reply = self._splice(query_, end, found, edns, do, udp_size, channel, started)
+            except Exception as error:  # a bug: this client gets SERVFAIL, the others waiting still their answer
+                failure = self.failed(query_, error, channel)
+                if failure is not None:
+                    channel.send(failure, addr)
+                continue
             self._deliver(reply, query_, channel, addr, started)
 
     def _deliver(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: int) -> None:

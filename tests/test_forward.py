@@ -574,6 +574,37 @@ def test_servfail_is_cached_for_5_seconds_never_nxdomain(script):
         run_resolver(forwarder(up.port, try_timeout=0.05, deadline=0.1), lambda: now[0], test)
 
 
+def test_a_bug_answering_one_waiting_client_is_its_servfail_and_the_others_get_their_answer():
+    class Broken(Resolver):
+        __slots__ = ()
+
+        def _splice(self, query: bytes, *args: object) -> bytes:
+            if query[:2] == b"\x00\x01":
+                raise RuntimeError("a bug")
+            return Resolver._splice(self, query, *args)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        errors = catch_callback_errors()
+        zone = table.compile((), ["global"], ttl=30, serial=1, recursion=True)
+        with Upstream() as up:
+            resolver = Broken(zone, forwarder(up.port), Cache(100), DEFAULT_ALLOW)
+            try:
+                first, second = Collect(), Collect()
+                assert resolver.answer(make(qid=1)[0], CLIENT, first) is None
+                assert resolver.answer(make(qid=2)[0], CLIENT, second) is None  # waits for the same answer
+                broken, answered = await first.next(), await second.next()
+            finally:
+                await resolver.close()
+        assert (broken.id, broken.rcode()) == (1, dns.rcode.SERVFAIL)
+        assert (answered.id, answered.rcode()) == (2, dns.rcode.NOERROR)
+        assert addresses(answered.to_wire()) == ["192.0.2.1"]  # the default handler's
+        assert resolver.panics == 1
+        assert up.count() == 1
+        assert not errors, errors
+
+    uvloop.run(main())
+
+
 def test_cached_answer_is_refused_to_a_client_outside_allow():
     with Upstream() as up:
         packet, _ = make()
