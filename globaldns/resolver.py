@@ -2,11 +2,11 @@
 
 `answer` first looks the query's bytes after the ID up among the replies it has made before from the zone
 table or the cache: a repeated question (the same name, type, flags and EDNS, as a client's resolver sends
-them) is answered by the ID and a ready reply, rotated, with its metrics tally; one from the cache only until
-its TTLs tick, and only to a client that may use forwarding. Otherwise it slices the header by index and looks
-the lower-cased question up in the zone table, then in the cache; either hit is answered by splicing
-precomputed bytes: no parse, no object, no await, no lock. Everything else goes the slow path; a cache miss
-is relayed once for every identical query in flight.
+them; ready from its second answer on) is answered by the ID and a ready reply, rotated, with its metrics
+tally; one from the cache only until its TTLs tick, and only to a client that may use forwarding. Otherwise
+it slices the header by index and looks the lower-cased question up in the zone table, then in the cache;
+either hit is answered by splicing precomputed bytes: no parse, no object, no await, no lock. Everything
+else goes the slow path; a cache miss is relayed once for every identical query in flight.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _ONE_ADDITIONAL = b"\x00\x01"
 _OPT_START = b"\x00\x00\x29"  # root owner, TYPE OPT
 _CLASS_IN = b"\x00\x01"
 _ALLOWED_MEMO = 4096  # client addresses whose --allow verdict is remembered
-KNOWN_LIMIT = 16_384  # replies remembered by query bytes; all are forgotten when full (a flood of new names)
+KNOWN_LIMIT = 16_384  # replies (and queries seen once) remembered by query bytes; all forgotten when full
 KNOWN_ROTATIONS = 4  # answers rotated over more addresses than this are spliced each time instead
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -62,6 +62,7 @@ class Resolver:
         "_allowed",
         "_inflight",
         "_known",
+        "_seen",
         "allow",
         "cache",
         "forwarder",
@@ -88,6 +89,7 @@ class Resolver:
         self._allowed: dict[str, bool] = {}
         self._inflight: dict[bytes, list[Waiter]] = {}
         self._known: dict[bytes, Known] = {}  # query bytes after the ID -> its reply, while the table is unchanged
+        self._seen: set[bytes] = set()  # query bytes after the ID, answered once: the next time they are remembered
 
     def use(self, table: Table) -> None:
         """Answer from table from now on, also when it is the same table patched in place: replies made from what
@@ -173,8 +175,15 @@ class Resolver:
         udp_size: int,
         current: tuple[float, bool] | None = None,
     ) -> None:
-        """Keep an answer's replies to this exact query (every rotation) for its repeats, if they fit in UDP;
-        current: a cache answer's (until when it is exact, whether it is a denial)."""
+        """Keep an answer's replies to this exact query (every rotation) for its repeats, if they fit in UDP, from
+        the query's second sight on: behind a caching resolver most queries come once per TTL, and making their
+        replies would only cost time; current: a cache answer's (until when it is exact, whether it is a denial)."""
+        asked = query[2:]
+        if asked not in self._seen:
+            if len(self._seen) >= KNOWN_LIMIT:
+                self._seen.clear()
+            self._seen.add(asked)
+            return
         heads, bodies, result = found
         if len(bodies) > KNOWN_ROTATIONS:
             return
@@ -185,7 +194,7 @@ class Resolver:
         if len(self._known) >= KNOWN_LIMIT:
             self._known.clear()
         qtype = query[end - 4] << 8 | query[end - 3]
-        self._known[query[2:]] = (tails, metrics.tally(result, qtype, len(query), 2 + len(tails[0]), do), current)
+        self._known[asked] = (tails, metrics.tally(result, qtype, len(query), 2 + len(tails[0]), do), current)
 
     def _splice(
         self,

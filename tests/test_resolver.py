@@ -185,8 +185,8 @@ def test_a_repeated_query_gets_what_the_table_would_answer(name, rdtype, edns, c
         query = make(name, rdtype, qid=qid, **edns)
         forgetting.use(forgetting.table)  # every query as if it were the first
         assert remembering.answer(query, ADDR, channel) == forgetting.answer(query, ADDR, channel)
-    # more addresses than KNOWN_ROTATIONS: spliced each time; everything else once
-    assert remembering.spliced == (5 if name == "many.global." else 1)
+    # more addresses than KNOWN_ROTATIONS: spliced each time; everything else twice (remembered at the second)
+    assert remembering.spliced == (5 if name == "many.global." else 2)
 
 
 def test_remembered_replies_keep_rotating(resolver):
@@ -216,11 +216,22 @@ def test_a_reply_cut_for_udp_is_not_remembered_for_tcp():
             assert len(reply) <= 512 if channel is UDP else len(reply) > 512
 
 
-def test_remembered_replies_are_bounded(resolver, monkeypatch: pytest.MonkeyPatch):
+def test_a_query_is_remembered_the_second_time_it_is_answered(resolver):
+    once, twice = make("v4only.global."), make("v6only.global.", "AAAA")
+    for query in (once, twice, twice):
+        resolver.answer(query, ADDR, UDP)
+    assert list(resolver._known) == [twice[2:]]  # `once`, as most queries behind a caching resolver, costs no reply
+
+
+@pytest.mark.parametrize("asked", [1, 2], ids=["names-asked-once", "names-asked-twice"])
+def test_remembered_replies_are_bounded(resolver, monkeypatch: pytest.MonkeyPatch, asked):
     monkeypatch.setattr(resolver_module, "KNOWN_LIMIT", 10)
-    for i in range(35):  # a flood of names nobody asks again
-        assert parse(resolver.answer(make(f"miss-{i}.global."), ADDR, UDP)).rcode() == dns.rcode.NXDOMAIN
+    for i in range(35):  # a flood of names
+        for _ in range(asked):
+            assert parse(resolver.answer(make(f"miss-{i}.global."), ADDR, UDP)).rcode() == dns.rcode.NXDOMAIN
         assert len(resolver._known) <= 10
+        assert len(resolver._seen) <= 10
+    assert bool(resolver._known) is (asked == 2)
 
 
 def test_remembered_replies_are_counted_like_spliced_ones():
