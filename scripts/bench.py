@@ -20,7 +20,6 @@ import itertools
 import os
 import re
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.processes import free_port  # noqa: E402
+from tests.processes import free_port, terminate  # noqa: E402
 
 GO_REFERENCE_BUILD = REPO.parent / "shared" / "bench" / "build.sh"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -151,13 +150,8 @@ class Server:
         return tree
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process, timeout=10)
 
 
 def wait_until(done: Callable[[], bool], failure: str, timeout: float = 60.0) -> None:

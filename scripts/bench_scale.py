@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.fakes.kubeapi import KubeAPI, serviceentry  # noqa: E402
-from tests.processes import StderrLog  # noqa: E402
+from tests.processes import StderrLog, terminate  # noqa: E402
 
 NAMESPACES = 100
 POLL = 0.002  # seconds between DNS queries while waiting for a change
@@ -133,13 +132,7 @@ class Server:
         return [(int(m.group(2)), float(m.group(3))) for line in self.log if (m := _COMPILED.search(line))]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, timeout=30)
         self.stderr.join(timeout=5)
         if self.process.stderr is not None:
             self.process.stderr.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import queue
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -20,6 +22,18 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
+
+
+def terminate(process: subprocess.Popen, timeout: float) -> int | None:
+    """SIGTERM (unless it has exited), then its exit status within timeout; SIGKILL and None if it takes longer."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return None
 
 
 class StderrLog:

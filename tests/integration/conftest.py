@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import dns.message
 import dns.query
 import pytest
 
-from tests.processes import StderrLog
+from tests.processes import StderrLog, terminate
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -120,17 +119,12 @@ class ServerProcess:
         self.process.send_signal(signum)
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=10)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self.stderr.join(timeout=5)
-            if self.process.stderr is not None:
-                self.process.stderr.close()
+        status = terminate(self.process, timeout=10)
+        self.stderr.join(timeout=5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        assert status is not None, "still running 10 s after SIGTERM (killed)"
+        return status
 
 
 @pytest.fixture
