@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from globaldns.errors import SourceError
-from globaldns.sources import Snapshot
+from globaldns.serviceentry import ServiceEntry
+from globaldns.sources import Snapshot, files, jsonlist
 from globaldns.sources.files import FilesSource, find_files, parse_file
 from tests.snapshots import assert_changes_add_up
 
@@ -223,6 +224,35 @@ def test_a_json_file_reads_as_the_same_content_in_yaml(tmp_path, document, names
     as_yaml = parse_file(str(write(tmp_path / "f.yaml", json.dumps(document, indent=1))))
     assert [entry.name for entry in as_json.entries] == names
     assert repr(as_json).replace("f.json", "F") == repr(as_yaml).replace("f.yaml", "F")
+
+
+def read_position(path: Path) -> int:
+    """How far this process has read the one file it has open at path (Linux: /proc/self/fdinfo)."""
+    (fd,) = [fd for fd in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{fd}") == str(path)]
+    with open(f"/proc/self/fdinfo/{fd}") as info:
+        return int(next(line.split()[1] for line in info if line.startswith("pos:")))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_entries_are_validated_while_the_file_is_read_not_after(tmp_path, monkeypatch: pytest.MonkeyPatch, suffix):
+    """A 100,000-entry file is never in memory whole: each object is validated as soon as it is parsed."""
+    if suffix == ".json":
+        items = [se_dict(f"e{i}", f"e{i}.global") for i in range(3000)]
+        text = json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=2)
+    else:
+        text = "---\n".join(se_yaml(f"e{i}", f"e{i}.global") for i in range(3000))
+    path = write(tmp_path / f"all{suffix}", text)
+    monkeypatch.setattr(jsonlist, "CHUNK", 4096)
+    positions = []
+    validate = ServiceEntry.from_dict
+
+    def from_dict(obj: object, origin: str = "") -> ServiceEntry:
+        positions.append(read_position(path))
+        return validate(obj, origin)
+
+    monkeypatch.setattr(files.ServiceEntry, "from_dict", from_dict)
+    assert len(parse_file(str(path)).entries) == 3000
+    assert positions[0] < path.stat().st_size / 10
 
 
 def test_a_json_named_file_holding_yaml_is_still_read(tmp_path):
