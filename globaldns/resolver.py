@@ -310,9 +310,9 @@ class Resolver:
             try:
                 reply = self._splice(query_, end, found, edns, do, udp_size, channel, started)
             except Exception as error:  # a bug: this client gets SERVFAIL, the others waiting still their answer
-                failure = self.failed(query_, error, channel)
-                if failure is not None:
-                    channel.send(failure, addr)
+                servfail = self.failed(query_, error, channel)
+                if servfail is not None:
+                    channel.send(servfail, addr)
                 continue
             self._deliver(reply, query_, channel, addr, started)
 
