@@ -35,6 +35,7 @@ _TCP_POOL = 16  # idle connections kept per upstream
 _LINK_BITS = 4  # 16 UDP sockets (source ports) per upstream
 _LINK_USES = 100  # queries a UDP socket carries before it is replaced by one on a new port
 _LINK_AGE = 10.0  # seconds a UDP socket is used at most (CoreDNS `expire`)
+_TICK = 0.001  # uvloop's clock and timers move in milliseconds
 
 # What relay() reports: the reply, or None and why no upstream gave one
 Done = Callable[[bytes | None, str], None]
@@ -366,7 +367,7 @@ class _Exchange:
                     forwarder.broken += 1
             upstream = self.upstream = self.order.pop(0)
             remaining = self.deadline - self.loop.time()
-            if remaining <= 0:
+            if remaining < _TICK:  # less is no time: a timer due at the deadline can read it a rounding error early
                 self.done(None, "; ".join(self.errors.values()) or "no upstream answered in time")
                 return
             self.started = time.perf_counter()  # uvloop's loop.time() has millisecond resolution

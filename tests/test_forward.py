@@ -344,6 +344,21 @@ def test_all_silent_raise_upstream_error_within_the_deadline():
     assert (first.count(NAME), second.count(NAME)) == (2, 1)  # failed over, then round again (not `. NS` probes)
 
 
+def test_no_try_is_made_with_less_than_a_clock_tick_left():
+    """The deadline is a float sum that the millisecond clock can read a rounding error short of (seen: the last
+    upstream got a try with 1e-12 s and a failure counted against it)."""
+    with Upstream() as up:
+        packet, end = make()
+
+        async def test(pool: Forwarder) -> None:
+            with pytest.raises(UpstreamError, match="no upstream answered in time"):
+                await exchange(pool, packet, end, False)
+            assert pool.upstreams[0].fails == 0
+
+        run(forwarder(up.port, deadline=1e-9), test)
+    assert up.count() == 0
+
+
 def test_all_refused_raise_upstream_error_quickly_naming_each_upstream_once():
     ports = (dead_port(), dead_port())
     packet, end = make()
