@@ -13,7 +13,7 @@
 #   the address of HOST; the other address type of HOST (TXT if it has both) is NODATA (NOERROR, no
 #   answer, SOA in authority);
 #   ABSENT is NXDOMAIN with the SOA; the address again over TCP; NAME forwarded (NOERROR with an answer).
-# Needs only bash and dig, so it also runs from standard input in a pod (README.md, "The smoke test"):
+# Needs only bash and dig, so it also runs from standard input in a pod (deploy/README.md, "The smoke test"):
 #   kubectl run smoke -i --rm --restart=Never --command \
 #     --image=registry.k8s.io/e2e-test-images/jessie-dnsutils:1.3 -- bash -s -- -s 10.96.0.10 -H httpbin.bar.global -a 240.0.0.2 < scripts/smoke.sh
 set -u
