@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import NamedTuple
 
-from globaldns import metrics, wire
-from globaldns.table import Answer
+from globaldns import wire
+from globaldns.telemetry import outcome
+from globaldns.wire import Answer
 
 POSITIVE_MAX, NEGATIVE_MAX, TTL_MIN, SERVFAIL_TTL = 3600, 1800, 5, 5
 _SUFFIXES = tuple(bytes((bits,)) for bits in range(4))
@@ -35,10 +37,17 @@ def cache_ttl(parts: wire.ReplyParts) -> int | None:
     return None
 
 
+class CacheStats(NamedTuple):
+    success: int  # entries that answer with records
+    denial: int  # entries that deny: NXDOMAIN or NODATA
+    hits_success: int
+    hits_denial: int
+
+
 def to_answer(parts: wire.ReplyParts, ttl: int | None = None, plugin: str = "cache") -> Answer:
     """Header variants and body of a forwarded reply; with ttl, every record's TTL becomes ttl (as CoreDNS does)."""
     heads = wire.reply_heads(parts.rcode, parts.counts[0], parts.counts[1], True, False, parts.ad, parts.counts[2])
-    found = metrics.outcome(".", parts.rcode, plugin)
+    found = outcome(".", parts.rcode, plugin)
     body = parts.body
     if ttl is not None and parts.ttl_offsets:
         rewritten = bytearray(body)
@@ -70,7 +79,6 @@ class Cache:
         self.clock = clock
         self.entries: OrderedDict[bytes, Entry] = OrderedDict()
         self.hits_success = self.hits_denial = 0
-        self.misses = 0  # counted by the resolver when a query goes upstream
 
     def get(self, cache_key: bytes) -> Answer | None:
         entry = self.entries.get(cache_key)
@@ -90,6 +98,10 @@ class Cache:
             entry.elapsed = elapsed
             entry.answer = to_answer(entry.parts, entry.ttl - elapsed)
         return entry.answer  # type: ignore[return-value]
+
+    def stats(self) -> CacheStats:
+        denial = sum(entry.denial for entry in list(self.entries.values()))
+        return CacheStats(len(self.entries) - denial, denial, self.hits_success, self.hits_denial)
 
     def current(self, cache_key: bytes) -> tuple[float, bool]:
         """Until when the answer get() has just returned for cache_key stays exact (its TTLs tick down a second

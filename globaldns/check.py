@@ -7,7 +7,7 @@ import os
 import sys
 from typing import TextIO
 
-from globaldns import table
+from globaldns import compiler
 from globaldns.errors import ConfigError, SourceError
 from globaldns.sources.files import find_files, parse_file
 
@@ -26,7 +26,7 @@ def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
             continue
         entries += parsed.entries
         problems += parsed.problems
-    compiled = table.compile(
+    compiled = compiler.compile(
         entries,
         getattr(args, "zones", None) or ("global",),
         ttl=30,

@@ -1,4 +1,5 @@
-"""Command line: argparse flags (each also read from GLOBALDNS_<FLAG>) mapped 1:1 onto Config."""
+"""The command line: flags (each also read from GLOBALDNS_<FLAG>) onto Config, the choice between one server and a
+supervisor of workers, and the one exit-code policy."""
 
 from __future__ import annotations
 
@@ -8,8 +9,22 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import uvloop
+
 from globaldns import __version__, config, logs
+from globaldns.check import run_check
 from globaldns.errors import ConfigError
+from globaldns.server import Server
+from globaldns.supervisor import Supervisor
+
+DESCRIPTION = """\
+The DNS server for Istio multicluster .global names: answers the zones from ServiceEntries (watched in
+Kubernetes, or read from files) and forwards every other name, with a cache. CoreDNS's ports and metrics.
+"""
+EPILOG = """\
+Every flag can also be set as GLOBALDNS_<FLAG> in the environment (GLOBALDNS_UPSTREAM=10.0.0.10,10.0.0.11).
+Exit status: 0 after a clean stop, 1 when serving failed (a port in use, a source that ended, a worker that died),
+2 for a bad flag, file or credentials."""
 
 ENV_PREFIX = "GLOBALDNS_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -57,7 +72,11 @@ def _add_table_flags(parser: argparse.ArgumentParser) -> None:
 
 def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     serve = commands.add_parser(
-        "serve", help="serve DNS", description="Serve the zones over UDP and TCP.", argument_default=argparse.SUPPRESS
+        "serve",
+        help="serve DNS",
+        description="Serve the zones from ServiceEntries over UDP and TCP, and forward every other name. Every flag "
+        "can also be set as GLOBALDNS_<FLAG> (repeatable ones comma-separated); the command line wins.",
+        argument_default=argparse.SUPPRESS,
     )
     add = serve.add_argument
     add(
@@ -71,9 +90,13 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
     add(
         "--service-entries",
         metavar="PATH",
-        help="ServiceEntry YAML file or directory, reloaded on change (default: watch Kubernetes)",
+        help="ServiceEntry file (YAML or JSON) or directory, reloaded on change (default: watch Kubernetes)",
     )
-    add("--kubeconfig", metavar="PATH", help="kubeconfig when not in a cluster (default: $KUBECONFIG, ~/.kube/config)")
+    add(
+        "--kubeconfig",
+        metavar="PATH",
+        help="kubeconfig to use (default: the pod's service account, then $KUBECONFIG or ~/.kube/config)",
+    )
     add(
         "--namespace",
         dest="namespaces",
@@ -160,7 +183,9 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="globaldns", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="globaldns", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"globaldns {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(commands)
@@ -170,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate ServiceEntry files; print the table and every problem.",
         argument_default=argparse.SUPPRESS,
     )
-    check.add_argument("path", metavar="PATH", help="ServiceEntry YAML file or directory")
+    check.add_argument("path", metavar="PATH", help="ServiceEntry file (YAML or JSON) or directory")
     _add_table_flags(check)
     return parser
 
@@ -236,14 +261,28 @@ def parse_config(
 
 def main(argv: Sequence[str] | None = None) -> int:
     command, parsed = parse_config(sys.argv[1:] if argv is None else argv)
+    if command == "check":
+        return run(lambda: run_check(parsed))  # type: ignore[arg-type]
+    return run(lambda: serve(parsed))  # type: ignore[arg-type]
+
+
+def serve(settings: config.Config) -> int:
+    """`globaldns serve`: this process serves, or with --workers N it supervises N processes that do."""
+    logs.setup(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        return uvloop.run(Supervisor(settings).serve())
+    return uvloop.run(Server(settings).serve())
+
+
+def run(command: Callable[[], int]) -> int:
+    """The one exit-code policy, for the command line and for every worker: what the command returns (0 after a
+    clean stop; 1 when serving failed), 1 for an OSError (a port in use), 2 for a ConfigError (a bad flag, file or
+    credentials), each error one line on stderr. argparse exits 2 itself for a flag it cannot parse."""
     try:
-        if command == "check":
-            from globaldns.check import run_check
-
-            return run_check(parsed)  # type: ignore[arg-type]
-        from globaldns.server import run
-
-        return run(parsed)  # type: ignore[arg-type]
+        return command()
     except ConfigError as error:
         print(f"globaldns: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"globaldns: {error}", file=sys.stderr)
+        return 1

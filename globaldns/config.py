@@ -33,7 +33,7 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """Everything `globaldns serve` can be told; only server.py reads all of it."""
+    """Everything a user can tell `globaldns serve`, each default once; only the server reads all of it."""
 
     listen: tuple[Endpoint, ...] = (Endpoint("0.0.0.0", 53),)
     zones: tuple[str, ...] = ("global",)
@@ -63,9 +63,7 @@ class Config:
     reload_interval: float = 1.0
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
-    workers: int = 1  # processes serving the same --listen ports (globaldns.workers); 1: this process alone
-    worker: int | None = None  # set by the supervisor in each worker: which one it is (its log lines say so)
-    reuse_port: bool = False  # SO_REUSEPORT on the --listen sockets, so that workers share them
+    workers: int = 1  # processes serving the same --listen ports (globaldns.supervisor); 1: this process alone
 
 
 def parse_endpoint(text: str) -> Endpoint:

@@ -1,8 +1,11 @@
-"""The one exception root of globaldns; each docstring is the message."""
+"""The one exception root of globaldns: every error of ours derives from it, and a bare one says its docstring."""
 
 
 class GlobalDNSError(Exception):
     """globaldns failed."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or (self.__doc__,)))
 
 
 class ConfigError(GlobalDNSError):

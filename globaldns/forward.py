@@ -6,7 +6,8 @@ UDP goes out over a pool of connected sockets per upstream, each with its own ke
 query on a randomly chosen one; a socket carries at most _LINK_USES queries over _LINK_AGE seconds and is
 then replaced (RFC 5452 section 9.2: unpredictable ports and IDs, several ports in use at once). A reply
 counts only from the socket it was sent on, with our ID and our question. The path is callbacks, not tasks:
-a relayed query is one _Exchange, one _Try per upstream asked, and one timer.
+a relayed query is one _Exchange, one _Try per upstream asked, and one timer. Every time and timer comes from
+one Clock, the loop's unless a test gives its own.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import random
 import socket
 import struct
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from globaldns import wire
 from globaldns.config import UPSTREAM_POLICIES, Endpoint
-from globaldns.metrics import TIME_BUCKETS
+from globaldns.errors import ConfigError, UpstreamError
+from globaldns.telemetry import Durations
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,42 @@ _TCP_POOL = 16  # idle connections kept per upstream
 _LINK_BITS = 4  # 16 UDP sockets (source ports) per upstream
 _LINK_USES = 100  # queries a UDP socket carries before it is replaced by one on a new port
 _LINK_AGE = 10.0  # seconds a UDP socket is used at most (CoreDNS `expire`)
-_TICK = 0.001  # uvloop's clock and timers move in milliseconds
+_TICK = 0.001  # uvloop's timers move in milliseconds
 
-# What relay() reports: the reply, or None and why no upstream gave one
-Done = Callable[[bytes | None, str], None]
+# What relay() reports: the reply and None, or None and why no upstream gave one
+Done = Callable[[bytes | None, UpstreamError | None], None]
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Where the forwarder reads the time and sets its timers."""
+
+    def time(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> Timer: ...
+
+
+class LoopClock:
+    """The running loop's timers, and perf_counter for the time: uvloop's loop.time() moves in whole milliseconds,
+    too coarse for coredns_proxy_request_duration_seconds."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.time = time.perf_counter
+        self.call_later = loop.call_later
+
+
+class UpstreamStats(NamedTuple):
+    name: str  # HOST:PORT
+    healthcheck_failures: int
+    durations: dict[int, list[float]]  # rcode -> counts per time bucket, then their sum (telemetry.Durations)
+
+
+class ForwardStats(NamedTuple):
+    broken: int  # queries that found every upstream marked down
+    upstreams: tuple[UpstreamStats, ...]
 
 
 def _random_ids() -> Iterator[bytes]:
@@ -50,14 +83,6 @@ def _random_ids() -> Iterator[bytes]:
 
 
 _QUERY_IDS = _random_ids()
-
-
-class _Owner(Protocol):
-    """Who a _Try reports to: an _Exchange, or the health probe."""
-
-    def answered(self, reply: bytes) -> None: ...
-
-    def failed(self, error: BaseException) -> None: ...
 
 
 class Upstream:
@@ -72,25 +97,21 @@ class Upstream:
         self.links: list[_Link | None] = [None] * (1 << _LINK_BITS)
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.healthcheck_failures = 0
-        self.durations: dict[int, list[float]] = {}  # rcode -> time-bucket counts, then the sum (metrics)
+        self.durations = Durations()  # answered exchanges, for coredns_proxy_request_duration_seconds
 
-    def observe(self, rcode: int, seconds: float) -> None:
-        """One answered exchange, for coredns_proxy_request_duration_seconds."""
-        series = self.durations.get(rcode)
-        if series is None:
-            series = self.durations[rcode] = [0.0] * (len(TIME_BUCKETS) + 2)
-        series[bisect_left(TIME_BUCKETS, seconds)] += 1  # the first bucket with seconds <= le; past the last: +Inf
-        series[-1] += seconds
-
-    def link(self, loop: asyncio.AbstractEventLoop) -> _Link:
+    def link(self, forwarder: Forwarder) -> _Link:
         """A UDP socket for the next query, chosen at random; a new one in place of one that is worn."""
         slot = random.getrandbits(_LINK_BITS)
         link = self.links[slot]
-        if link is None or link.uses >= _LINK_USES or loop.time() >= link.expires:
+        if link is None or link.uses >= _LINK_USES or forwarder.clock.time() >= link.expires:
             if link is not None:
                 link.retire()
-            link = self.links[slot] = _Link(self, loop)
+            link = self.links[slot] = _Link(self, forwarder)
         return link
+
+    def stats(self) -> UpstreamStats:
+        durations = {rcode: list(series) for rcode, series in self.durations.items()}
+        return UpstreamStats(str(self), self.healthcheck_failures, durations)
 
     @property
     def down(self) -> bool:
@@ -101,6 +122,8 @@ class Upstream:
 
 
 class Forwarder:
+    """The upstreams of one server; used on one loop, the one that relays first."""
+
     def __init__(
         self,
         upstreams: Sequence[Endpoint],
@@ -109,9 +132,13 @@ class Forwarder:
         deadline: float = 5.0,
         max_fails: int = 2,
         health_interval: float = 0.5,
+        clock: Clock | None = None,
     ) -> None:
-        if not upstreams or policy not in UPSTREAM_POLICIES:
-            raise ValueError(f"need upstreams and a policy of {UPSTREAM_POLICIES}")
+        """clock: the loop's (LoopClock) unless given."""
+        if not upstreams:
+            raise ConfigError("forwarding needs at least one upstream")
+        if policy not in UPSTREAM_POLICIES:
+            raise ConfigError(f"upstream policy {policy!r} is not one of {', '.join(UPSTREAM_POLICIES)}")
         self.upstreams = [Upstream(endpoint) for endpoint in upstreams]
         self.policy = policy
         self.try_timeout = try_timeout
@@ -120,10 +147,18 @@ class Forwarder:
         self.health_interval = health_interval
         self.broken = 0  # queries that found every upstream marked down
         self.tasks: set[asyncio.Task] = set()  # TCP tries in flight
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop it serves, from the first relay on
+        self.clock = clock  # None: the loop's, from the first relay on
+
+    def stats(self) -> ForwardStats:
+        return ForwardStats(self.broken, tuple(upstream.stats() for upstream in self.upstreams))
 
     def relay(self, query: bytes, question_end: int, tcp: bool, done: Done) -> None:
-        """Relay query to the upstreams; done(reply, "") with the first valid reply, or done(None, why)."""
-        _Exchange(self, asyncio.get_running_loop(), query, question_end, tcp, done).next()
+        """Relay query to the upstreams; done(reply, None) with the first valid reply, or done(None, why)."""
+        if self.loop is None:  # once: asking for the running loop costs a getpid() each time
+            self.loop = asyncio.get_running_loop()
+            self.clock = self.clock or LoopClock(self.loop)
+        _Exchange(self, query, question_end, tcp, done).next()
 
     def order(self) -> list[Upstream]:
         """Healthy upstreams by policy, then the ones marked down: never answer nothing."""
@@ -141,52 +176,54 @@ class Forwarder:
 
     async def _probe(self, upstream: Upstream) -> None:
         """`. IN NS` every health_interval until any valid reply."""
-        loop = asyncio.get_running_loop()
+        assert self.loop is not None and self.clock is not None
         question_end = len(_PROBE) + 2
         while True:
-            awaited = _Awaited(loop.create_future())
+            awaited = _Awaited(self.loop.create_future())
             try:
-                _Try(upstream.link(loop), b"\x00\x00" + _PROBE, question_end, self.health_interval, awaited)
+                _Try(upstream.link(self), b"\x00\x00" + _PROBE, question_end, self.health_interval, awaited)
                 await awaited.future
             except (OSError, TimeoutError):
                 upstream.healthcheck_failures += 1
-                await asyncio.sleep(self.health_interval)
+                slept = self.loop.create_future()
+                self.clock.call_later(self.health_interval, _resolve, slept)
+                await slept
                 continue
             log.info("upstream %s is up again", upstream)
             upstream.fails = 0
             upstream.probe = None
             return
 
-    async def tcp(self, upstream: Upstream, query: bytes, question_end: int, timeout: float) -> bytes:
+    async def tcp(self, upstream: Upstream, query: bytes, question_end: int) -> bytes:
+        """One exchange over a pooled or new connection; the caller bounds it in time (it cancels the task)."""
         qid = next(_QUERY_IDS)
         message = struct.pack("!H", len(query)) + qid + query[2:]
-        async with asyncio.timeout(timeout):
-            while True:
-                reader, writer, reused = await self._connection(upstream)
-                try:
-                    writer.write(message)
-                    (size,) = struct.unpack("!H", await reader.readexactly(2))
-                    reply = await reader.readexactly(size)
-                    break
-                except (OSError, asyncio.IncompleteReadError):
-                    writer.close()
-                    if not reused:  # a pooled connection the upstream closed meanwhile: try a new one
-                        raise
-                except BaseException:
-                    writer.close()
+        while True:
+            reader, writer, reused = await self._connection(upstream)
+            try:
+                writer.write(message)
+                (size,) = struct.unpack("!H", await reader.readexactly(2))
+                reply = await reader.readexactly(size)
+                break
+            except (OSError, asyncio.IncompleteReadError):
+                writer.close()
+                if not reused:  # a pooled connection the upstream closed meanwhile: try a new one
                     raise
+            except BaseException:
+                writer.close()
+                raise
         if not _matches(reply, qid, query, question_end):
             writer.close()
-            raise wire.Malformed(wire.FORMERR)
+            raise wire.Malformed("the reply does not answer the query")
         if len(upstream.idle) < _TCP_POOL:
-            upstream.idle.append((reader, writer, asyncio.get_running_loop().time()))
+            upstream.idle.append((reader, writer, self._now()))
         else:
             writer.close()
         return reply
 
     async def _connection(self, upstream: Upstream) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
         """(reader, writer, reused): an idle pooled connection if a fresh one is there, else a new one."""
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         while upstream.idle:
             reader, writer, since = upstream.idle.pop()
             if now - since < _TCP_IDLE and not writer.is_closing() and not reader.at_eof():
@@ -194,6 +231,10 @@ class Forwarder:
             writer.close()
         reader, writer = await asyncio.open_connection(*upstream.address)
         return reader, writer, False
+
+    def _now(self) -> float:
+        assert self.clock is not None
+        return self.clock.time()
 
     async def close(self) -> None:
         """Stop everything in flight: probes, TCP tries, UDP sockets (their waiting queries are dropped)."""
@@ -215,9 +256,11 @@ class _Link:
     """A connected UDP socket to one upstream, so the kernel drops datagrams from anyone else; its replies are
     matched to the tries waiting on it by ID. Once retired it closes as soon as none is waiting."""
 
-    __slots__ = ("expires", "loop", "pending", "retired", "sock", "uses")
+    __slots__ = ("clock", "expires", "loop", "pending", "retired", "sock", "uses")
 
-    def __init__(self, upstream: Upstream, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, upstream: Upstream, forwarder: Forwarder) -> None:
+        assert forwarder.loop is not None and forwarder.clock is not None
+        loop = forwarder.loop
         sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
@@ -228,9 +271,10 @@ class _Link:
             raise
         self.sock = sock
         self.loop = loop
+        self.clock = forwarder.clock
         self.pending: dict[bytes, _Try] = {}  # query ID -> the try waiting for its reply
         self.uses = 0
-        self.expires = loop.time() + _LINK_AGE
+        self.expires = self.clock.time() + _LINK_AGE
         self.retired = False
 
     def _readable(self) -> None:
@@ -276,6 +320,14 @@ class _Link:
             self.sock.close()
 
 
+class _Owner(Protocol):
+    """Who a _Try reports to: an _Exchange, or the health probe."""
+
+    def answered(self, reply: bytes) -> None: ...
+
+    def failed(self, error: BaseException) -> None: ...
+
+
 class _Try:
     """One query sent on one link with a fresh ID, until its reply, an error, or its timeout."""
 
@@ -295,7 +347,7 @@ class _Try:
         link.uses += 1
         link.pending[qid] = self
         self.link, self.owner, self.qid, self.query, self.question_end = link, owner, qid, query, question_end
-        self.timer = link.loop.call_later(timeout, self._expired)
+        self.timer = link.clock.call_later(timeout, self._expired)
 
     def answered(self, reply: bytes) -> None:
         self.timer.cancel()
@@ -317,41 +369,36 @@ class _Exchange:
     or the deadline; a truncated UDP reply is asked again over TCP of the same upstream."""
 
     __slots__ = (
+        "clock",
         "deadline",
         "done",
         "errors",
         "every_one_down",
         "forwarder",
-        "loop",
         "order",
         "query",
         "question_end",
         "started",
         "tcp",
+        "tcp_timer",
         "upstream",
     )
 
-    def __init__(
-        self,
-        forwarder: Forwarder,
-        loop: asyncio.AbstractEventLoop,
-        query: bytes,
-        question_end: int,
-        tcp: bool,
-        done: Done,
-    ) -> None:
+    def __init__(self, forwarder: Forwarder, query: bytes, question_end: int, tcp: bool, done: Done) -> None:
+        assert forwarder.clock is not None
         self.forwarder = forwarder
-        self.loop = loop
+        self.clock = forwarder.clock
         self.query = query
         self.question_end = question_end
         self.tcp = tcp
         self.done = done
-        self.deadline = loop.time() + forwarder.deadline
+        self.deadline = self.clock.time() + forwarder.deadline
         self.errors: dict[Upstream, str] = {}  # the last error of each upstream
         self.order: list[Upstream] = []
         self.every_one_down = False
         self.upstream = forwarder.upstreams[0]
         self.started = 0.0
+        self.tcp_timer: Timer | None = None  # the timeout of a TCP try in flight
 
     def next(self) -> None:
         """Ask the next upstream; when every one has had its try with all marked down, or time is up, give up."""
@@ -359,32 +406,32 @@ class _Exchange:
         while True:
             if not self.order:
                 if self.every_one_down:  # each has had its try (CoreDNS too gives up here): no spinning
-                    self.done(None, "; ".join(self.errors.values()))
+                    self.done(None, UpstreamError("; ".join(self.errors.values())))
                     return
                 self.order = forwarder.order()
                 self.every_one_down = self.order[0].down  # healthy ones come first
                 if self.every_one_down:
                     forwarder.broken += 1
             upstream = self.upstream = self.order.pop(0)
-            remaining = self.deadline - self.loop.time()
-            if remaining < _TICK:  # less is no time: a timer due at the deadline can read it a rounding error early
-                self.done(None, "; ".join(self.errors.values()) or "no upstream answered in time")
+            self.started = self.clock.time()
+            remaining = self.deadline - self.started
+            if remaining < _TICK:  # less is no time: a timer due at the deadline can fire a rounding error early
+                self.done(None, UpstreamError("; ".join(self.errors.values()) or "no upstream answered in time"))
                 return
-            self.started = time.perf_counter()  # uvloop's loop.time() has millisecond resolution
             timeout = min(forwarder.try_timeout, remaining)
             if self.tcp:
                 self._over_tcp(timeout)
                 return
             try:
-                _Try(upstream.link(self.loop), self.query, self.question_end, timeout, self)
+                _Try(upstream.link(forwarder), self.query, self.question_end, timeout, self)
                 return
             except OSError as error:
                 self._record(error)
 
     def answered(self, reply: bytes) -> None:
         """A valid UDP reply; if truncated, all of it is asked for over TCP."""
-        if reply[2] & 0x02:
-            self._over_tcp(self.deadline - self.loop.time())
+        if reply[2] & wire.TC_BYTE:
+            self._over_tcp(self.deadline - self.clock.time())
         else:
             self._succeeded(reply)
 
@@ -400,17 +447,29 @@ class _Exchange:
     def _succeeded(self, reply: bytes) -> None:
         upstream = self.upstream
         upstream.fails = 0
-        upstream.observe(reply[3] & 0xF, time.perf_counter() - self.started)
-        self.done(reply, "")
+        upstream.durations.observe(reply[3] & 0xF, self.clock.time() - self.started)
+        self.done(reply, None)
 
     def _over_tcp(self, timeout: float) -> None:
-        task = self.loop.create_task(self.forwarder.tcp(self.upstream, self.query, self.question_end, timeout))
-        self.forwarder.tasks.add(task)
+        forwarder = self.forwarder
+        assert forwarder.loop is not None
+        task = forwarder.loop.create_task(forwarder.tcp(self.upstream, self.query, self.question_end))
+        forwarder.tasks.add(task)
+        self.tcp_timer = self.clock.call_later(timeout, self._tcp_expired, task)
         task.add_done_callback(self._tcp_finished)
+
+    def _tcp_expired(self, task: asyncio.Task) -> None:
+        self.tcp_timer = None
+        task.cancel()
 
     def _tcp_finished(self, task: asyncio.Task) -> None:
         self.forwarder.tasks.discard(task)
-        if task.cancelled():  # shutting down
+        timer, self.tcp_timer = self.tcp_timer, None
+        if timer is None:  # the timeout cancelled it
+            self.failed(TimeoutError())
+            return
+        timer.cancel()
+        if task.cancelled():  # shutting down: nobody waits any more
             return
         error = task.exception()
         if error is None:
@@ -428,12 +487,16 @@ class _Awaited:
         self.future = future
 
     def answered(self, reply: bytes) -> None:
-        if not self.future.done():
-            self.future.set_result(reply)
+        _resolve(self.future, reply)
 
     def failed(self, error: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(error)
+
+
+def _resolve(future: asyncio.Future, result: object = None) -> None:
+    if not future.done():
+        future.set_result(result)
 
 
 def _matches(reply: bytes, qid: bytes, query: bytes, question_end: int) -> bool:

@@ -10,6 +10,7 @@ import time
 from collections import OrderedDict
 
 from globaldns import wire
+from globaldns.name import to_text
 
 _WARNED: OrderedDict[str, None] = OrderedDict()
 _WARNED_MAX = 1024
@@ -66,17 +67,16 @@ def warn_once(logger: logging.Logger, key: str, message: str, *args: object, exc
     logger.warning(message, *args, exc_info=exc_info)  # type: ignore[arg-type]
 
 
-def query_line(addr: object, proto: str, query: bytes, reply: bytes | None, seconds: float) -> str:
+def query_line(addr: object, proto: str, packet: bytes, reply: bytes | None, seconds: float) -> str:
     """A CoreDNS `log` plugin common-format line: client - id "type class name proto size do bufsize" rcode ..."""
     host, port = (addr[0], addr[1]) if isinstance(addr, tuple) else (str(addr), 0)
-    try:
-        question = wire.scan(query)
-    except wire.Malformed:
-        return f'{host}:{port} - 0 "malformed {proto} {len(query)}"'
-    name = _text_name(query[wire.HEADER_SIZE : question.end - 4])
-    qid = struct.unpack_from("!H", query)[0]
-    qtype = wire.TYPE_NAMES.get(question.qtype, f"TYPE{question.qtype}")
-    qclass = "IN" if question.qclass == wire.IN else f"CLASS{question.qclass}"
+    query = wire.read(packet)
+    if query is None or query.rcode is not None:
+        return f'{host}:{port} - 0 "malformed {proto} {len(packet)}"'
+    name = to_text(packet[wire.HEADER_SIZE : query.end - 4])
+    qid = struct.unpack_from("!H", packet)[0]
+    qtype = wire.TYPE_NAMES.get(query.qtype, f"TYPE{query.qtype}")
+    qclass = "IN" if query.qclass == wire.IN else f"CLASS{query.qclass}"
     if reply is None:
         outcome = "- - 0"
     else:
@@ -85,15 +85,6 @@ def query_line(addr: object, proto: str, query: bytes, reply: bytes | None, seco
         rflags = ",".join(text for text, bit in names if flags & bit)
         outcome = f"{wire.RCODE_NAMES.get(flags & 0xF, str(flags & 0xF))} {rflags} {len(reply)}"
     return (
-        f'{host}:{port} - {qid} "{qtype} {qclass} {name} {proto} {len(query)} '
-        f'{str(question.do).lower()} {question.udp_size or wire.UDP_MIN}" {outcome} {seconds:.6f}s'
+        f'{host}:{port} - {qid} "{qtype} {qclass} {name} {proto} {len(packet)} '
+        f'{str(bool(query.do)).lower()} {query.udp_size or wire.UDP_MIN}" {outcome} {seconds:.6f}s'
     )
-
-
-def _text_name(name: bytes) -> str:
-    labels, offset = [], 0
-    while name[offset]:
-        length = name[offset]
-        labels.append(name[offset + 1 : offset + 1 + length].decode("ascii", "backslashreplace"))
-        offset += length + 1
-    return ".".join(labels) + "."

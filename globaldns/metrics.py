@@ -1,20 +1,18 @@
-"""Every metric, named as CoreDNS names it: plain-int counters on the hot path, a Collector at scrape time.
+"""Every metric, named as CoreDNS names it, made at scrape time from what the parts counted.
 
-The hot path never touches prometheus_client. Each reply is counted under one int, its *tally*: the
-outcome (zone, rcode, plugin; precomputed with the answer), DO bit, query type, request and response
-lengths and time bucket packed together, so a remembered reply carries its tally ready-made and both
-size histograms and their sums are derived here, exactly. DNSCollector turns those numbers into families
-when /metrics is scraped, on the server's loop; with --workers, merge() makes the workers' expositions one.
+The hot path never touches prometheus_client: the parts count with globaldns.telemetry and each exposes a stats()
+method. DNSCollector reads those, and only those, when /metrics is scraped (on the server's loop); with --workers,
+merge() makes the workers' expositions one.
 """
 
 from __future__ import annotations
 
 import operator
 import platform
-import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
@@ -22,22 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from globaldns import __version__, wire
+from globaldns.cache import CacheStats
+from globaldns.forward import ForwardStats
+from globaldns.ready import ReadyStats
+from globaldns.resolver import ResolverStats
+from globaldns.sources import SourceStats
+from globaldns.table import TableStats
+from globaldns.telemetry import ONE_REPLY, SIZE_BUCKETS, TIME_BUCKETS, TYPE_LABELS, VIEW, Counters, outcome, untally
 
-if TYPE_CHECKING:
-    from globaldns.server import Server
-
-VIEW = ""  # CoreDNS's `view` label, empty without the view plugin
-DROPPED = "dropped"  # CoreDNS's zone label for queries answered before any zone was chosen
-PLUGIN = "globaldns"  # the `plugin` label of zone answers
-TIME_BUCKETS = tuple(0.00025 * 2**i for i in range(16))  # CoreDNS plugin.TimeBuckets: 0.25 ms .. 8.192 s
-SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)
-# CoreDNS counts these types by name and everything else as "other" (bounded cardinality).
-_TYPE_CODES = (0, 1, 28, 5, 48, 43, 15, 50, 47, 2, 12, 46, 6, 33, 16, 65, 251, 252, 255)
-TYPE_LABELS = ("other", *(wire.TYPE_NAMES[code] for code in _TYPE_CODES[1:]))
-TYPE_SLOT = bytes(_TYPE_CODES.index(code) if code in _TYPE_CODES else 0 for code in range(65536))
-RCODES = wire.RCODE_NAMES
-ONE_REPLY = 1 << 64  # Counters.replies values: replies << 64 | nanoseconds (584 years before they would overlap)
-FAST_BUCKET = 250_000  # nanoseconds: a reply this fast is in time bucket 0, which a tally has without adding anything
 # How merge() combines the gauges of several processes (--workers); counters and histograms are summed. What each
 # process holds adds up, a time is the oldest one, and any other gauge is a fact all share: the first process's.
 GAUGE_MERGE: dict[str, Callable[[float, float], float]] = {
@@ -50,68 +40,20 @@ GAUGE_MERGE: dict[str, Callable[[float, float], float]] = {
 }
 
 
-class Outcomes:
-    """Interns (zone, rcode, plugin) as small ints, so a reply is counted by an int it carries."""
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """What the collector reads, one callable per part: the server wires them, a test gives its own."""
 
-    def __init__(self) -> None:
-        self.labels: list[tuple[str, str, str]] = []
-        self._index: dict[tuple[str, str, str], int] = {}
-        self._lock = threading.Lock()  # tables are compiled in a worker thread
-
-    def __call__(self, zone: str, rcode: int, plugin: str) -> int:
-        key = (zone, RCODES.get(rcode, str(rcode)), plugin)
-        index = self._index.get(key)
-        if index is None:
-            with self._lock:
-                index = self._index.setdefault(key, len(self.labels))
-                if index == len(self.labels):
-                    self.labels.append(key)
-        return index
-
-
-outcome = Outcomes()
-
-
-class Counters:
-    """The numbers of one listener and transport; the resolver bumps them, the collector reads them."""
-
-    __slots__ = ("family", "proto", "replies", "server")
-
-    def __init__(self, server: str, proto: str, family: int) -> None:
-        self.server, self.proto, self.family = server, proto, str(family)
-        # tally (time bucket added) -> count << 64 | total nanoseconds: one dict increment per reply, an int key
-        self.replies: defaultdict[int, int] = defaultdict(int)
-
-    def count(self, result: int, qtype: int, request: int, reply: int, do: bool, nanoseconds: int) -> None:
-        """One reply; the resolver's hot path inlines exactly this, with a tally it may have kept."""
-        self.replies[tally(result, qtype, request, reply, do) + time_bucket(nanoseconds)] += nanoseconds | ONE_REPLY
-
-
-def tally(result: int, qtype: int, request: int, reply: int, do: bool) -> int:
-    """A reply's series in one int, time bucket 0 (add time_bucket() for a slower one); untally() undoes it."""
-    return ((((result << 1 | bool(do)) << 5 | TYPE_SLOT[qtype]) << 17 | request) << 17 | reply) << 5
-
-
-def untally(key: int) -> tuple[int, bool, int, int, int, int]:
-    """(outcome, do, type slot, request length, reply length, time bucket) of a Counters.replies key."""
-    bucket, key = key & 31, key >> 5
-    reply, key = key & 0x1FFFF, key >> 17
-    request, key = key & 0x1FFFF, key >> 17
-    slot, key = key & 31, key >> 5
-    return key >> 1, bool(key & 1), slot, request, reply, bucket
-
-
-def time_bucket(nanoseconds: int) -> int:
-    """Bucket k holds durations up to 0.25 ms * 2**k inclusive (Prometheus `le`), so exactly 0.25 ms is in k=0;
-    the last, len(TIME_BUCKETS), is +Inf. A measured duration is at least 1 ns."""
-    return min(((nanoseconds - 1) // FAST_BUCKET).bit_length(), len(TIME_BUCKETS))
-
-
-def server_label(host: str, port: int) -> str:
-    """CoreDNS's `server` label: dns://:53 for every address, dns://127.0.0.1:53 for one."""
-    if host in ("0.0.0.0", "::"):
-        return f"dns://:{port}"
-    return f"dns://[{host}]:{port}" if ":" in host else f"dns://{host}:{port}"
+    server: Callable[[], str]  # the `server` label of the cache metrics: the first listener's, once it is bound
+    listeners: Callable[[], Iterable[Counters]]
+    resolver: Callable[[], ResolverStats]
+    cache: Callable[[], CacheStats]
+    ready: Callable[[], ReadyStats]
+    forward: Callable[[], ForwardStats | None]  # None: forwarding off
+    table: Callable[[], TableStats]
+    serviceentries: Callable[[], tuple[int, int]]  # (valid, invalid) in the snapshot served
+    source_name: str
+    source: Callable[[], SourceStats]
 
 
 def _histogram(
@@ -140,10 +82,10 @@ def _size_bucket(length: int) -> int:
 
 
 class DNSCollector(Collector):
-    """Reads the server's counters, cache, forwarder and source when scraped; keeps no state of its own."""
+    """CoreDNS's families and globaldns's own, from the Readings when scraped; keeps no state of its own."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, readings: Readings) -> None:
+        self.readings = readings
 
     def collect(self) -> Iterator[Metric]:
         yield from self._dns()
@@ -160,9 +102,8 @@ class DNSCollector(Collector):
         )
         info.add_metric([__version__, "", f"python{platform.python_version()}"], 1)
         yield info
-        yield CounterMetricFamily(
-            "coredns_panics_total", "A metrics that counts the number of panics.", value=self.server.resolver.panics
-        )
+        panics = self.readings.resolver().panics
+        yield CounterMetricFamily("coredns_panics_total", "A metrics that counts the number of panics.", value=panics)
 
         requests: dict[tuple[str, ...], float] = defaultdict(float)
         responses: dict[tuple[str, ...], float] = defaultdict(float)
@@ -171,7 +112,7 @@ class DNSCollector(Collector):
         request_sizes: dict[tuple[str, ...], list[float]] = {}
         reply_sizes: dict[tuple[str, ...], list[float]] = {}
         labels = outcome.labels
-        for counters in self.server.counters:
+        for counters in self.readings.listeners():
             server, proto = counters.server, counters.proto
             for key, value in list(counters.replies.items()):
                 result, do, slot, request, reply, bucket = untally(key)
@@ -231,41 +172,38 @@ class DNSCollector(Collector):
         )
 
     def _cache(self) -> Iterator[Metric]:
-        cache = self.server.resolver.cache
-        base = (self.server.server_labels[0], ".", VIEW)
-        entries = {"success": 0, "denial": 0}
-        for entry in list(cache.entries.values()):
-            entries["denial" if entry.denial else "success"] += 1
+        """The cache's entries and hits, the ready replies' hits, and the resolver's relays as misses."""
+        readings = self.readings
+        cache, ready, misses = readings.cache(), readings.ready(), readings.resolver().relayed
+        base = (readings.server(), ".", VIEW)
         labels = ["server", "zones", "view"]
         yield _counter(
             "coredns_cache_entries",
             "The number of elements in the cache.",
             [*labels, "type"],
-            {(*base, kind): count for kind, count in entries.items()},
+            {(*base, "success"): cache.success, (*base, "denial"): cache.denial},
             gauge=True,
         )
-        hits = {(*base, "success"): cache.hits_success, (*base, "denial"): cache.hits_denial}
+        success, denial = cache.hits_success + ready.hits_success, cache.hits_denial + ready.hits_denial
+        hits = {(*base, "success"): success, (*base, "denial"): denial}
         yield _counter("coredns_cache_hits_total", "The count of cache hits.", [*labels, "type"], hits)
         yield _counter(
             "coredns_cache_misses_total",
             "The count of cache misses. Deprecated, derive misses from cache hits/requests counters.",
             labels,
-            {base: cache.misses},
+            {base: misses},
         )
-        requests = cache.hits_success + cache.hits_denial + cache.misses
+        requests = success + denial + misses
         yield _counter("coredns_cache_requests_total", "The count of cache requests.", labels, {base: requests})
 
     def _forward(self) -> Iterator[Metric]:
-        forwarder = self.server.resolver.forwarder
+        forward = self.readings.forward()
         durations: dict[tuple[str, ...], list[float]] = {}
         failures: dict[tuple[str, ...], float] = {}
-        broken = 0
-        if forwarder is not None:
-            broken = forwarder.broken
-            for upstream in forwarder.upstreams:
-                failures[("forward", str(upstream))] = upstream.healthcheck_failures
-                for rcode, series in list(upstream.durations.items()):
-                    durations[("forward", str(upstream), RCODES.get(rcode, str(rcode)))] = list(series)
+        for upstream in forward.upstreams if forward is not None else ():
+            failures[("forward", upstream.name)] = upstream.healthcheck_failures
+            for rcode, series in upstream.durations.items():
+                durations[("forward", upstream.name, wire.RCODE_NAMES.get(rcode, str(rcode)))] = series
         yield _histogram(
             "coredns_proxy_request_duration_seconds",
             "Histogram of the time each request took.",
@@ -282,14 +220,13 @@ class DNSCollector(Collector):
         yield CounterMetricFamily(
             "coredns_forward_healthcheck_broken_total",
             "Counter of the number of complete failures of the healthchecks.",
-            value=broken,
+            value=forward.broken if forward is not None else 0,
         )
 
     def _globaldns(self) -> Iterator[Metric]:
-        server = self.server
-        table, snapshot, source = server.resolver.table, server.snapshot, server.source
-        valid = len(snapshot.entries) if snapshot else 0
-        invalid = snapshot.invalid if snapshot else 0
+        readings = self.readings
+        valid, invalid = readings.serviceentries()
+        table, name, stats = readings.table(), readings.source_name, readings.source()
         yield _counter(
             "globaldns_serviceentries",
             "ServiceEntries in the last snapshot, by validity.",
@@ -297,29 +234,28 @@ class DNSCollector(Collector):
             {("valid",): valid, ("invalid",): invalid},
             gauge=True,
         )
-        yield GaugeMetricFamily("globaldns_names", "Names (and wildcards) served.", value=len(table.hosts))
+        yield GaugeMetricFamily("globaldns_names", "Names (and wildcards) served.", value=table.names)
         yield GaugeMetricFamily(
-            "globaldns_conflicts", "Hosts claimed by more than one ServiceEntry now.", value=len(table.conflicts)
+            "globaldns_conflicts", "Hosts claimed by more than one ServiceEntry now.", value=table.conflicts
         )
-        stats = source.stats
         yield _counter(
             "globaldns_source_syncs_total",
             "Complete reads of the ServiceEntry source, by result.",
             ["source", "result"],
-            {(source.name, "success"): stats.syncs_ok, (source.name, "failure"): stats.syncs_failed},
+            {(name, "success"): stats.syncs_ok, (name, "failure"): stats.syncs_failed},
         )
         yield _counter(
             "globaldns_source_last_sync_timestamp_seconds",
             "Unix time of the last complete read.",
             ["source"],
-            {(source.name,): stats.last_sync},
+            {(name,): stats.last_sync},
             gauge=True,
         )
         yield _counter(
             "globaldns_watch_restarts_total",
             "Kubernetes watch requests that ended and were restarted.",
             ["source"],
-            {(source.name,): stats.watch_restarts},
+            {(name,): stats.watch_restarts},
         )
 
 
@@ -365,17 +301,3 @@ class _Families(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return iter(self.families)
-
-
-def table_json(server: Server) -> dict[str, Any]:
-    """/table: name -> addresses and the ServiceEntry that provides them, like Istio's /debug/ndsz."""
-    hosts = server.resolver.table.hosts
-    return {
-        name: {
-            "addresses": [str(address) for address in host.addresses],
-            "from": host.source,
-            "serviceentry": host.entry.ref,
-            "origin": host.entry.origin,
-        }
-        for name, host in sorted(hosts.items())
-    }

@@ -1,14 +1,16 @@
-"""Tiny HTTP/1.1 endpoints on the server's own loop: /health, /ready, /metrics and /table, and the client the
-supervisor of --workers asks its workers' endpoints with."""
+"""Tiny HTTP/1.1 endpoints on the server's own loop: /health, /ready, /metrics and /table (its JSON too), and the
+client the supervisor of --workers asks its workers' endpoints with."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from globaldns.config import Config, Endpoint
+from globaldns.table import Host
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,20 @@ _READ_TIMEOUT = 5.0
 
 def text(status: int, body: str) -> Answer:
     return status, "text/plain; charset=utf-8", body.encode()
+
+
+def table_json(hosts: Mapping[str, Host]) -> Answer:
+    """/table: name -> addresses and the ServiceEntry that provides them, like Istio's /debug/ndsz."""
+    table = {
+        name: {
+            "addresses": [str(address) for address in host.addresses],
+            "from": host.source,
+            "serviceentry": host.entry.ref,
+            "origin": host.entry.origin,
+        }
+        for name, host in sorted(hosts.items())
+    }
+    return 200, "application/json", json.dumps(table, indent=1).encode()
 
 
 async def serve_http(endpoint: Endpoint, routes: dict[str, Route]) -> asyncio.Server:
@@ -83,13 +99,21 @@ async def serve_endpoints(
                 raise OSError(f"{flags[0]} {endpoint}: {error.strerror}") from error
             servers.append(server)
             ports |= dict.fromkeys(flags, bound_port(server))
-            for path in routes:
-                log.info("%s on http://%s:%d%s", path.strip("/"), endpoint.host, bound_port(server), path)
     except OSError:
         for server in servers:
             server.close()
         raise
     return servers, ports
+
+
+def describe(config: Config, ports: dict[str, int]) -> str:
+    """Where serve_endpoints() serves, for the start-up line: `health on http://0.0.0.0:8080/health, ...`."""
+    wanted = [("health", "--health", config.health), ("ready", "--ready", config.ready)]
+    if config.metrics is not None:
+        wanted.append(("metrics", "--metrics", config.metrics))
+    return ", ".join(
+        f"{path} on http://{Endpoint(endpoint.host, ports[flag])}/{path}" for path, flag, endpoint in wanted
+    ) + (" and /table" if config.metrics is not None else "")
 
 
 async def fetch(port: int, path: str, timeout: float) -> tuple[int, bytes]:

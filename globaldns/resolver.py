@@ -1,12 +1,10 @@
-"""The per-query pipeline: guards -> zone table -> cache -> forward, with the hot path first.
+"""The per-query pipeline: a ready reply, else recognise -> guards -> zone table -> cache -> forward.
 
-`answer` first looks the query's bytes after the ID up among the replies it has made before from the zone
-table or the cache: a repeated question (the same name, type, flags and EDNS, as a client's resolver sends
-them; ready from its second answer on) is answered by the ID and a ready reply, rotated, with its metrics
-tally; one from the cache only until its TTLs tick, and only to a client that may use forwarding. Otherwise
-it slices the header by index and looks the lower-cased question up in the zone table, then in the cache;
-either hit is answered by splicing precomputed bytes: no parse, no object, no await, no lock. Everything
-else goes the slow path; a cache miss is relayed once for every identical query in flight.
+`answer` first looks the query's bytes after the ID up among the ready replies (globaldns.ready): a repeated
+question is answered by its ID and a reply made before, with its telemetry tally. Every other query is read once
+by wire.recognise and goes through one sequence, the zone table, then the cache, then the upstreams; a hit in
+either is answered by splicing precomputed bytes: no parse, no object but the query's, no await, no lock. A
+cache miss is relayed once for every identical query in flight, and answered through its channel later.
 """
 
 from __future__ import annotations
@@ -16,26 +14,21 @@ import logging
 from collections.abc import Sequence
 from functools import partial
 from time import perf_counter_ns
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from globaldns import cache, metrics, wire
+from globaldns import cache, wire
 from globaldns.errors import UpstreamError
 from globaldns.forward import Forwarder
 from globaldns.logs import query_line, warn_once
-from globaldns.metrics import FAST_BUCKET, ONE_REPLY, RCODES
-from globaldns.table import OTHER, SLOTS, Answer, Table
+from globaldns.ready import ReadyReplies
+from globaldns.table import OTHER, SLOTS, Patch, Table
+from globaldns.telemetry import DROPPED, FAST_BUCKET, ONE_REPLY, Counters, outcome, time_bucket
+from globaldns.wire import Answer, Query
 
 log = logging.getLogger(__name__)
 query_log = logging.getLogger("globaldns.query")
 
-_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
-_NO_ADDITIONAL = b"\x00\x00"
-_ONE_ADDITIONAL = b"\x00\x01"
-_OPT_START = b"\x00\x00\x29"  # root owner, TYPE OPT
-_CLASS_IN = b"\x00\x01"
 _ALLOWED_MEMO = 4096  # client addresses whose --allow verdict is remembered
-KNOWN_LIMIT = 16_384  # replies (and queries seen once) remembered by query bytes; all forgotten when full
-KNOWN_ROTATIONS = 4  # answers rotated over more addresses than this are spliced each time instead
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -43,31 +36,29 @@ class Channel(Protocol):
     """Where a reply goes: a UDP endpoint or a TCP connection, with the counters of its listener."""
 
     tcp: bool
-    counters: metrics.Counters | None
+    counters: Counters | None
 
     def send(self, reply: bytes, addr: object) -> None: ...
 
 
-# A reply ready for repeats of one query: everything after the ID for each rotation, its metrics tally, and for a
-# cache answer (until when it is exact, whether it is a denial); None for a zone answer
-Known = tuple[tuple[bytes, ...], int, tuple[float, bool] | None]
-# A client waiting for a forwarded answer: (query, question end, edns, do, udp size, channel, addr, started ns)
-Waiter = tuple[bytes, int, bool, int, int, Channel, object, int]
+class ResolverStats(NamedTuple):
+    panics: int  # unexpected exceptions while answering (coredns_panics_total)
+    relayed: int  # queries that missed the cache and went upstream (coredns_cache_misses_total)
 
 
 class Resolver:
-    """Answers wire queries; `table` is swapped whole when a new one is compiled."""
+    """Answers wire queries from a table it owns: replaced whole by use(), or patched in place by apply()."""
 
     __slots__ = (
         "_allowed",
         "_inflight",
-        "_known",
-        "_seen",
         "allow",
         "cache",
         "forwarder",
         "panics",
+        "ready",
         "recursion",
+        "relayed",
         "table",
         "turn",
     )
@@ -83,242 +74,148 @@ class Resolver:
         self.forwarder = forwarder
         self.recursion = forwarder is not None  # RA on every reply when forwarding is on
         self.cache = answers_cache or cache.Cache(0)
+        self.ready = ReadyReplies(self.cache.clock)
         self.allow = tuple(allow)
         self.turn = 0  # rotates multi-address answers
-        self.panics = 0  # unexpected exceptions (coredns_panics_total)
+        self.panics = 0
+        self.relayed = 0
         self._allowed: dict[str, bool] = {}
-        self._inflight: dict[bytes, list[Waiter]] = {}
-        self._known: dict[bytes, Known] = {}  # query bytes after the ID -> its reply, while the table is unchanged
-        self._seen: set[bytes] = set()  # query bytes after the ID, answered once: the next time they are remembered
+        self._inflight: dict[bytes, list[Query]] = {}  # cache key -> the queries waiting for its upstream answer
 
     def use(self, table: Table) -> None:
-        """Answer from table from now on, also when it is the same table patched in place: replies made from what
-        it held before are forgotten."""
+        """Answer from a new table from now on; ready replies made from the old one are forgotten."""
         self.table = table
-        self._known.clear()
+        self.ready.clear()
 
-    def answer(self, query: bytes, addr: object, channel: Channel) -> bytes | None:
+    def apply(self, patch: Patch) -> None:
+        """Patch the table in place, in one synchronous step on the loop, and forget the ready replies."""
+        self.table.apply(patch)
+        self.ready.clear()
+
+    def stats(self) -> ResolverStats:
+        return ResolverStats(self.panics, self.relayed)
+
+    def answer(self, packet: bytes, addr: object, channel: Channel) -> bytes | None:
         """The reply to send now, or None (dropped, or answered later through channel.send)."""
         started = perf_counter_ns()
-        known = self._known.get(query[2:])
-        if known is not None and (known[2] is None or self._still_cached(known[2], addr)):  # asked before
-            tails, tally, _ = known
+        ready = self.ready.get(packet[2:])
+        if ready is not None and (ready[2] is None or (self._may_forward(addr) and self.ready.hit(ready[2]))):
+            tails, tally, _ = ready
             self.turn += 1
-            reply = query[:2] + tails[self.turn % len(tails)]
+            reply = packet[:2] + tails[self.turn % len(tails)]
             counters = channel.counters
-            if counters is not None:  # metrics.Counters.count, inlined: this is the hot path
+            if counters is not None:  # telemetry.Counters.count, inlined: this is the hot path
                 nanoseconds = perf_counter_ns() - started
                 if nanoseconds > FAST_BUCKET:  # bucket 0 is the tally itself
-                    tally += metrics.time_bucket(nanoseconds)
+                    tally += time_bucket(nanoseconds)
                 counters.replies[tally] += nanoseconds | ONE_REPLY
             return reply
-        end = query.find(0, 12) + 5
-        if end > 16 and not query[2] & 0xF8 and query[4:10] == _ONE_QUESTION:
-            size = len(query)
-            if size == end and query[10:12] == _NO_ADDITIONAL:
-                edns, do, udp_size = False, 0, 0
-            elif (
-                size >= end + 11
-                and query[10:12] == _ONE_ADDITIONAL
-                and query[end : end + 3] == _OPT_START
-                and query[end + 6] == 0
-                and (query[end + 9] << 8 | query[end + 10]) == size - end - 11
-            ):
-                edns, do, udp_size = True, query[end + 7] & 0x80, query[end + 3] << 8 | query[end + 4]
-            else:
-                return self._slow(query, addr, channel, started)
-            name = query[12 : end - 4].lower()
-            table = self.table
-            records = table.names.get(name)
-            if records is not None and query[end - 2 : end] == _CLASS_IN:
-                found = records[SLOTS.get(query[end - 4] << 8 | query[end - 3], OTHER)]
-                self._remember(query, end, found, edns, do, udp_size)
-            elif name.endswith(table.suffixes):  # maybe in a zone: NXDOMAIN, a wildcard, another class
-                if query[end - 2 : end] != _CLASS_IN:
-                    return self._slow(query, addr, channel, started)
-                found = table.find(name, query[end - 4] << 8 | query[end - 3], exact=False)
-                if found is None:
-                    return self._slow(query, addr, channel, started)
-                self._remember(query, end, found, edns, do, udp_size)
-            else:
-                if not self._may_forward(addr):  # before the cache, so a refused client counts no cache hit
-                    return self._slow(query, addr, channel, started)
-                cache_key = cache.key(name, query[end - 4 : end], do, query[3] & 0x10)
-                found = self.cache.get(cache_key)
-                if found is None:
-                    if not self.recursion:
-                        return self._slow(query, addr, channel, started)
-                    return self._relay(query, end, edns, do, udp_size, cache_key, channel, addr, started)
-                self._remember(query, end, found, edns, do, udp_size, self.cache.current(cache_key))
-            return self._splice(query, end, found, edns, do, udp_size, channel, started)
-        return self._slow(query, addr, channel, started)
+        return self._resolve(wire.recognise(packet, addr, channel, started))
 
-    def _still_cached(self, current: tuple[float, bool], addr: object) -> bool:
-        """May a reply remembered from the cache be sent? Only while exact, to a client allowed to forward; then
-        it is a cache hit."""
-        until, denial = current
-        if self.cache.clock() >= until or not self._may_forward(addr):
-            return False
-        if denial:
-            self.cache.hits_denial += 1
-        else:
-            self.cache.hits_success += 1
-        return True
-
-    def _remember(
-        self,
-        query: bytes,
-        end: int,
-        found: Answer,
-        edns: bool,
-        do: int,
-        udp_size: int,
-        current: tuple[float, bool] | None = None,
-    ) -> None:
-        """Keep an answer's replies to this exact query (every rotation) for its repeats, if they fit in UDP, from
-        the query's second sight on: behind a caching resolver most queries come once per TTL, and making their
-        replies would only cost time; current: a cache answer's (until when it is exact, whether it is a denial)."""
-        asked = query[2:]
-        if asked not in self._seen:
-            if len(self._seen) >= KNOWN_LIMIT:
-                self._seen.clear()
-            self._seen.add(asked)
-            return
-        heads, bodies, result = found
-        if len(bodies) > KNOWN_ROTATIONS:
-            return
-        head = heads[_variant(query, edns)]
-        tails = tuple(_tail(query, end, head, body, edns, do) for body in bodies)
-        if 2 + len(tails[0]) > max(wire.UDP_MIN, udp_size):
-            return
-        if len(self._known) >= KNOWN_LIMIT:
-            self._known.clear()
-        qtype = query[end - 4] << 8 | query[end - 3]
-        self._known[asked] = (tails, metrics.tally(result, qtype, len(query), 2 + len(tails[0]), do), current)
-
-    def _splice(
-        self,
-        query: bytes,
-        end: int,
-        found: Answer,
-        edns: bool,
-        do: int,
-        udp_size: int,
-        channel: Channel,
-        started: int,
-    ) -> bytes:
-        """ID and question from the query, the rest precomputed; cut to the client's UDP limit; counted. Repeats
-        of a query are answered before this, from what _remember kept."""
-        heads, bodies, result = found
-        self.turn += 1
-        reply = query[:2] + _tail(query, end, heads[_variant(query, edns)], bodies[self.turn % len(bodies)], edns, do)
-        if not (channel.tcp or len(reply) <= wire.UDP_MIN or len(reply) <= udp_size):
-            reply = wire.truncate(reply, max(wire.UDP_MIN, udp_size))
-        counters = channel.counters
-        if counters is not None:
-            qtype = query[end - 4] << 8 | query[end - 3]
-            counters.count(result, qtype, len(query), len(reply), do, perf_counter_ns() - started)
-        return reply
-
-    def _error(
-        self,
-        query: bytes,
-        rcode: int,
-        question_end: int,
-        edns: bool,
-        channel: Channel,
-        started: int,
-        zone: str = metrics.DROPPED,
-        plugin: str = "",
-        do: bool = False,
-    ) -> bytes:
-        """A reply without records (FORMERR, REFUSED, SERVFAIL...), counted under zone and plugin."""
-        reply = wire.error_reply(query, rcode, question_end, edns, self.recursion)
-        counters = channel.counters
-        if counters is not None:
-            qtype = query[question_end - 4] << 8 | query[question_end - 3] if question_end else 0
-            result = metrics.outcome(zone, rcode, plugin)
-            counters.count(result, qtype, len(query), len(reply), do, perf_counter_ns() - started)
-        return reply
-
-    def _slow(self, query: bytes, addr: object, channel: Channel, started: int) -> bytes | None:
-        """Everything the hot path does not cover: bad input, wildcards, misses, other types and classes."""
-        try:
-            question = wire.scan(query)
-        except wire.Malformed as malformed:
-            if malformed.rcode is None:
-                return None
-            kind = RCODES.get(malformed.rcode, str(malformed.rcode))
-            warn_once(log, f"malformed {kind}", "malformed query from %s answered %s (more at debug level)", addr, kind)
-            return self._error(query, malformed.rcode, malformed.question_end, malformed.edns, channel, started)
-        edns = question.udp_size > 0
-        if question.qclass != wire.IN:
-            return self._error(query, wire.REFUSED, question.end, edns, channel, started, do=question.do)
-        found = self.table.find(question.name, question.qtype)
-        if found is not None:  # in a zone (SERVFAIL for every name before the first table)
-            self._remember(query, question.end, found, edns, question.do, question.udp_size)
-            return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel, started)
-        if self.forwarder is None:
-            return self._error(query, wire.REFUSED, question.end, edns, channel, started, do=question.do)
-        if not self._may_forward(addr):
-            return self._error(query, wire.REFUSED, question.end, edns, channel, started, ".", do=question.do)
-        cache_key = cache.key(question.name, query[question.end - 4 : question.end], question.do, query[3] & 0x10)
-        found = self.cache.get(cache_key)
-        if found is not None:
-            current = self.cache.current(cache_key)
-            self._remember(query, question.end, found, edns, question.do, question.udp_size, current)
-            return self._splice(query, question.end, found, edns, question.do, question.udp_size, channel, started)
-        return self._relay(query, question.end, edns, question.do, question.udp_size, cache_key, channel, addr, started)
-
-    def _relay(
-        self,
-        query: bytes,
-        end: int,
-        edns: bool,
-        do: int,
-        udp_size: int,
-        cache_key: bytes,
-        channel: Channel,
-        addr: object,
-        started: int,
-    ) -> None:
-        """A cache miss of a client allowed to forward: upstream, unless the same question is already there."""
-        assert self.forwarder is not None
-        self.cache.misses += 1
-        waiter = (query, end, edns, do, udp_size, channel, addr, started)
-        waiting = self._inflight.get(cache_key)
-        if waiting is not None:  # the same question is already upstream: wait for that answer
-            waiting.append(waiter)
+    def _resolve(self, query: Query | None) -> bytes | None:
+        """The one sequence every query that is not ready goes through: guards, zone, cache, upstream."""
+        if query is None:
             return None
-        self._inflight[cache_key] = [waiter]
-        self.forwarder.relay(query, end, channel.tcp, partial(self._forwarded, cache_key, end))
+        if query.rcode is not None:
+            return self._malformed(query, query.rcode)
+        if query.qclass == wire.IN:
+            table, name = self.table, query.name
+            found = table.names.get(name)
+            if found is not None:  # an exact name
+                answer = found[SLOTS.get(query.qtype, OTHER)]
+            elif name.endswith(table.suffixes):  # NXDOMAIN or a wildcard's; None if in no zone after all
+                answer = table.search(name, query.qtype)
+            else:
+                answer = None
+            if answer is not None:
+                self.ready.keep(query, answer)
+                return self._splice(query, answer)
+        end, packet = query.end, query.packet
+        cache_key = cache.key(query.name, packet[end - 4 : end], query.do, packet[3] & wire.CD_BYTE)
+        allowed = self._may_forward(query.addr)  # before the cache, so a refused client counts no cache hit
+        if allowed:  # the cache holds only names that were checked: a hit is a name, read right
+            answer = self.cache.get(cache_key)
+            if answer is not None:
+                self.ready.keep(query, answer, self.cache.current(cache_key))
+                return self._splice(query, answer)
+        read = wire.checked(query)  # a name neither the table nor the cache has, read quickly: is it one?
+        if read is not query:  # not a name, or one the quick reading cut short: what the full scan read
+            return self._resolve(read)
+        if query.qclass != wire.IN:
+            return self._error(query, wire.REFUSED)
+        if self.forwarder is None:
+            return self._error(query, wire.REFUSED)
+        if not allowed:
+            return self._error(query, wire.REFUSED, ".")
+        self._relay(query, cache_key)
         return None
 
-    def _forwarded(self, cache_key: bytes, question_end: int, reply: bytes | None, failure: str) -> None:
-        """The upstream's reply (or None: failure says why) for every client waiting on cache_key; SERVFAIL, cached
-        5 s, if it did not answer or did not parse."""
+    def _splice(self, query: Query, found: Answer) -> bytes:
+        """ID and question from the query, the rest precomputed; cut to the client's UDP limit; counted."""
+        heads, bodies, result = found
+        self.turn += 1
+        packet, channel = query.packet, query.channel
+        reply = packet[:2] + wire.tail(query, heads[query.variant], bodies[self.turn % len(bodies)])
+        if not (channel.tcp or len(reply) <= wire.UDP_MIN or len(reply) <= query.udp_size):
+            reply = wire.truncate(reply, max(wire.UDP_MIN, query.udp_size))
+        counters = channel.counters
+        if counters is not None:
+            nanoseconds = perf_counter_ns() - query.started
+            counters.count(result, query.qtype, len(packet), len(reply), query.do, nanoseconds)
+        return reply
+
+    def _malformed(self, query: Query, rcode: int) -> bytes:
+        """FORMERR, NOTIMP or BADVERS: an attacker can send these at will, so each kind warns once."""
+        kind = wire.RCODE_NAMES.get(rcode, str(rcode))
+        message = "malformed query from %s answered %s (more at debug level)"
+        warn_once(log, f"malformed {kind}", message, query.addr, kind)
+        return self._error(query, rcode)
+
+    def _error(self, query: Query, rcode: int, zone: str = DROPPED) -> bytes:
+        """A reply without records (FORMERR, REFUSED, SERVFAIL...), counted under zone."""
+        reply = wire.error_reply(query.packet, rcode, query.end, query.edns, self.recursion)
+        counters = query.channel.counters
+        if counters is not None:
+            result = outcome(zone, rcode, "")
+            nanoseconds = perf_counter_ns() - query.started
+            counters.count(result, query.qtype, len(query.packet), len(reply), query.do, nanoseconds)
+        return reply
+
+    def _relay(self, query: Query, cache_key: bytes) -> None:
+        """A cache miss of a client allowed to forward: upstream, unless the same question is already there."""
+        assert self.forwarder is not None
+        self.relayed += 1
+        waiting = self._inflight.get(cache_key)
+        if waiting is not None:  # the same question is already upstream: wait for that answer
+            waiting.append(query)
+            return
+        self._inflight[cache_key] = [query]
+        done = partial(self._forwarded, cache_key, query.end)
+        self.forwarder.relay(query.packet, query.end, query.channel.tcp, done)
+
+    def _forwarded(self, cache_key: bytes, end: int, reply: bytes | None, failure: UpstreamError | None) -> None:
+        """The upstream's reply (or None, and why) for every client waiting on cache_key; SERVFAIL, cached 5 s, if
+        it did not answer or did not parse."""
         waiters = self._inflight.pop(cache_key, [])
-        try:
-            if reply is None:
-                raise UpstreamError(failure)
-            parts = wire.split_reply(reply, question_end)
-        except (UpstreamError, wire.Malformed) as error:
-            warn_once(log, f"upstream {error}", "forwarding failed: %s", error)
+        parts = None if reply is None else wire.split_reply(reply, end)
+        if parts is None:
+            why = str(failure) if reply is None else "an upstream reply that does not parse"
+            warn_once(log, f"upstream {why}", "forwarding failed: %s", why)
             parts = wire.failure_parts(wire.SERVFAIL)
         found = self.cache.put(cache_key, parts)
-        for query_, end, edns, do, udp_size, channel, addr, started in waiters:
+        for query in waiters:
             try:
-                reply = self._splice(query_, end, found, edns, do, udp_size, channel, started)
+                reply = self._splice(query, found)
             except Exception as error:  # a bug: this client gets SERVFAIL, the others waiting still their answer
-                servfail = self.failed(query_, error, channel)
+                servfail = self.failed(query.packet, error, query.channel)
                 if servfail is not None:
-                    channel.send(servfail, addr)
+                    query.channel.send(servfail, query.addr)
                 continue
-            self._deliver(reply, query_, channel, addr, started)
+            self._deliver(reply, query)
 
-    def _deliver(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: int) -> None:
+    def _deliver(self, reply: bytes, query: Query) -> None:
         """Send a reply that was produced later than its query."""
-        channel.send(reply, addr)
+        query.channel.send(reply, query.addr)
 
     def _may_forward(self, addr: object) -> bool:
         """Is the client inside --allow? Remembered per address, so the check is a dict lookup."""
@@ -330,13 +227,14 @@ class Resolver:
             allowed = self._allowed[host] = _inside(host, self.allow)
         return allowed
 
-    def failed(self, query: bytes, error: Exception, channel: Channel) -> bytes | None:
+    def failed(self, packet: bytes, error: Exception, channel: Channel) -> bytes | None:
         """An unexpected exception while answering (a bug): log it once, count a panic, answer SERVFAIL."""
         self.panics += 1
         warn_once(log, type(error).__name__, "unexpected error answering a query: %r", error, exc_info=error)
-        if len(query) < wire.HEADER_SIZE or query[2] & 0x80:
+        if len(packet) < wire.HEADER_SIZE or packet[2] & wire.QR_BYTE:
             return None
-        return self._error(query, wire.SERVFAIL, 0, False, channel, perf_counter_ns())
+        query = wire.rejected(packet, wire.SERVFAIL, 0, False, None, channel, perf_counter_ns())
+        return self._error(query, wire.SERVFAIL)
 
     async def close(self) -> None:
         """Cancel forwarding in flight (shutdown, after the lameduck)."""
@@ -359,30 +257,17 @@ class QueryLoggingResolver(Resolver):
 
     __slots__ = ()
 
-    def answer(self, query: bytes, addr: object, channel: Channel) -> bytes | None:
+    def answer(self, packet: bytes, addr: object, channel: Channel) -> bytes | None:
         started = perf_counter_ns()
-        reply = Resolver.answer(self, query, addr, channel)
+        reply = Resolver.answer(self, packet, addr, channel)
         if reply is not None:
-            self._log(reply, query, channel, addr, started)
+            self._log(reply, packet, channel, addr, started)
         return reply
 
-    def _deliver(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: int) -> None:
-        self._log(reply, query, channel, addr, started)
-        channel.send(reply, addr)
+    def _deliver(self, reply: bytes, query: Query) -> None:
+        self._log(reply, query.packet, query.channel, query.addr, query.started)
+        query.channel.send(reply, query.addr)
 
-    def _log(self, reply: bytes, query: bytes, channel: Channel, addr: object, started: int) -> None:
+    def _log(self, reply: bytes, packet: bytes, channel: Channel, addr: object, started: int) -> None:
         proto = "tcp" if channel.tcp else "udp"
-        query_log.info("%s", query_line(addr, proto, query, reply, (perf_counter_ns() - started) / 1e9))
-
-
-def _tail(query: bytes, end: int, head: bytes, body: bytes, edns: bool, do: int) -> bytes:
-    """A reply after its ID: the header variant, the question exactly as asked, the records, and an OPT if the
-    query had one."""
-    if edns:
-        return b"".join((head, query[12:end], body, wire.opt_record(bool(do))))
-    return b"".join((head, query[12:end], body))
-
-
-def _variant(query: bytes, edns: bool) -> int:
-    """Which of an answer's header variants fits the query: by its RD and CD bits and whether it has EDNS."""
-    return (query[2] & 1) | ((query[3] & 0x10) >> 3) | (4 if edns else 0)
+        query_log.info("%s", query_line(addr, proto, packet, reply, (perf_counter_ns() - started) / 1e9))

@@ -1,4 +1,4 @@
-"""Builds the parts from Config, binds UDP+TCP listeners and probes, runs the source, handles signals.
+"""One server: builds the parts from Config, binds UDP+TCP listeners and probes, runs the source, handles signals.
 
 Lifecycle: not ready until the first snapshot is compiled and every listener is bound; SIGTERM turns
 /ready to 503 at once, keeps serving for --lameduck seconds, then closes listeners and exits 0.
@@ -9,31 +9,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
 
-import uvloop
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
-from globaldns import heap, logs, table
+from globaldns import heap, logs
 from globaldns.cache import Cache
+from globaldns.compiler import Compiler
 from globaldns.config import Config, Endpoint, read_resolv_conf
 from globaldns.errors import ConfigError
 from globaldns.forward import Forwarder
-from globaldns.metrics import Counters, DNSCollector, server_label, table_json
-from globaldns.probes import bound_port, serve_endpoints, text
+from globaldns.metrics import DNSCollector, Readings
+from globaldns.probes import Answer, bound_port, describe, serve_endpoints, table_json, text
 from globaldns.protocols.tcp import TCPProtocol
 from globaldns.protocols.udp import UDPProtocol
 from globaldns.resolver import QueryLoggingResolver, Resolver
 from globaldns.sources import Snapshot, Source
 from globaldns.sources.files import FilesSource
+from globaldns.telemetry import Counters, server_label
 
 log = logging.getLogger("globaldns")
 
@@ -106,13 +103,15 @@ def build_source(config: Config) -> Source:
 
 
 class Server:
-    def __init__(self, config: Config, source: Source | None = None) -> None:
+    def __init__(self, config: Config, source: Source | None = None, *, reuse_port: bool = False) -> None:
+        """reuse_port: SO_REUSEPORT on the --listen sockets, so that the workers of a supervisor share them."""
         self.config = config
+        self.reuse_port = reuse_port
         self.source = source or build_source(config)
         self.state = ServerState()
         resolver_class = QueryLoggingResolver if config.log_queries else Resolver
         forwarder = build_forwarder(config)
-        self.compiler = table.Compiler(
+        self.compiler = Compiler(
             config.zones,
             ttl=config.ttl,
             recursion=forwarder is not None,
@@ -121,13 +120,13 @@ class Server:
         )
         initial = self.compiler.unsynced()
         self.resolver = resolver_class(initial, forwarder, Cache(config.cache_size), config.allow)
-        self.serial = 0
         self.exit_code = 0
         self.snapshot: Snapshot | None = None  # the one being served, for metrics
         self.counters: list[Counters] = []  # one per listener and transport
         self.server_labels = [server_label(e.host, e.port) for e in config.listen]
         self.registry = CollectorRegistry(auto_describe=False)
-        for collector in (DNSCollector(self), ProcessCollector(registry=None), PlatformCollector(registry=None)):
+        self.registry.register(DNSCollector(self.readings()))
+        for collector in (ProcessCollector(registry=None), PlatformCollector(registry=None)):
             self.registry.register(collector)
         self._snapshot: Snapshot | None = None
         self._snapshot_ready = asyncio.Event()
@@ -140,6 +139,26 @@ class Server:
         self._tcp: list[asyncio.Server] = []
         self._http: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task] = []
+
+    def readings(self) -> Readings:
+        """What /metrics reads: each part's stats(), and the snapshot and listeners this server holds."""
+        resolver, forwarder = self.resolver, self.resolver.forwarder
+        return Readings(
+            server=lambda: self.server_labels[0],
+            listeners=lambda: self.counters,
+            resolver=resolver.stats,
+            cache=resolver.cache.stats,
+            ready=resolver.ready.stats,
+            forward=forwarder.stats if forwarder is not None else lambda: None,
+            table=lambda: resolver.table.stats(),
+            serviceentries=self._serviceentries,
+            source_name=self.source.name,
+            source=self.source.stats,
+        )
+
+    def _serviceentries(self) -> tuple[int, int]:
+        snapshot = self.snapshot
+        return (len(snapshot.entries), snapshot.invalid) if snapshot is not None else (0, 0)
 
     # -- snapshots -> tables ------------------------------------------------------------------
     def publish(self, snapshot: Snapshot) -> None:
@@ -158,11 +177,11 @@ class Server:
             self._snapshot_ready.clear()
             snapshot, self._snapshot = self._snapshot, None
             assert snapshot is not None
-            serial = max(int(time.time()), self.serial + 1)
+            serial = max(int(time.time()), self.resolver.table.serial + 1)
             started = time.perf_counter()
             patch = None
             if self.loaded.is_set() and snapshot.changes is not None:
-                patch = await asyncio.to_thread(self.compiler.patch, *snapshot.changes, serial)
+                patch = await asyncio.to_thread(self.compiler.patch, self.resolver.table, *snapshot.changes, serial)
             if patch is None:
                 compiled = await asyncio.to_thread(self.compiler.build, snapshot.entries, serial)
                 self.resolver.use(compiled)
@@ -170,12 +189,9 @@ class Server:
                 changed = len(compiled.hosts)
                 conflicts = compiled.conflict_lines()
             else:
-                patch.apply(self.resolver.table)
-                self.resolver.use(self.resolver.table)
+                self.resolver.apply(patch)
                 changed = len(patch.names)
                 conflicts = [line for lines in patch.conflicts.values() for line in lines]
-            if changed:
-                self.serial = serial
             self.snapshot = snapshot
             for problem in snapshot.problems:
                 logs.warn_once(log, problem, "skipped: %s", problem)
@@ -223,7 +239,7 @@ class Server:
                 endpoint.host,
                 endpoint.port,
                 reuse_address=True,
-                reuse_port=config.reuse_port,
+                reuse_port=self.reuse_port,
                 backlog=1024,
             )
             port = bound_port(tcp)
@@ -231,7 +247,7 @@ class Server:
                 udp, _ = await loop.create_datagram_endpoint(
                     lambda: UDPProtocol(self.resolver, udp_counters),
                     local_addr=(endpoint.host, port),
-                    reuse_port=config.reuse_port,
+                    reuse_port=self.reuse_port,
                 )
             except OSError:
                 tcp.close()
@@ -267,24 +283,31 @@ class Server:
                 raise OSError(f"--listen {endpoint}: {error.strerror}") from error
             self.dns_ports.append(port)
             self.server_labels[len(self.dns_ports) - 1] = server_label(endpoint.host, port)
-            log.info(
-                "serving DNS on %s (udp, tcp), zones %s", Endpoint(endpoint.host, port), ", ".join(self.config.zones)
-            )
+        self.started.set()
+        log.info("%s", self.describe())
+
+    def describe(self) -> str:
+        """The start-up line: what is served, where, and from what."""
+        config = self.config
+        where = " and ".join(str(Endpoint(e.host, port)) for e, port in zip(config.listen, self.dns_ports, strict=True))
+        source = self.source.name + (f" {config.service_entries}" if config.service_entries else "")
         forwarder = self.resolver.forwarder
         if forwarder is None:
-            log.info("forwarding off: names outside the zones get REFUSED")
+            forwarding = "forwarding off (REFUSED outside the zones)"
         else:
             upstreams = ", ".join(str(upstream) for upstream in forwarder.upstreams)
-            log.info("forwarding to %s (%s), cache %d entries", upstreams, forwarder.policy, self.config.cache_size)
-        self.started.set()
+            forwarding = f"forwarding to {upstreams} ({forwarder.policy}), cache {config.cache_size} entries"
+        zones = ", ".join(config.zones)
+        endpoints = describe(config, self.http_ports)
+        return f"serving DNS on {where} (udp, tcp), zones {zones} from {source}; {forwarding}; {endpoints}"
 
-    def _metrics(self) -> tuple[int, str, bytes]:
+    def _metrics(self) -> Answer:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
 
-    def _table(self) -> tuple[int, str, bytes]:
-        return 200, "application/json", json.dumps(table_json(self), indent=1).encode()
+    def _table(self) -> Answer:
+        return table_json(self.resolver.table.hosts)
 
-    def _ready(self) -> tuple[int, str, bytes]:
+    def _ready(self) -> Answer:
         reason = self.state.not_ready()
         return text(200, "OK") if reason is None else text(503, reason + "\n")
 
@@ -322,21 +345,3 @@ class Server:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for server in self._http:
             server.close()
-
-
-def run(config: Config, serve: Callable[[Server], Coroutine[Any, Any, int]] = Server.serve) -> int:
-    """`globaldns serve`: this process serves, or with --workers N it supervises N processes that do (each of
-    which runs this too, with its own `serve`: globaldns.workers)."""
-    logs.setup(config.log_level, config.log_format, config.worker)
-    log.log(logging.INFO if config.worker is None else logging.DEBUG, "globaldns starting: %s", config)
-    if config.workers > 1:
-        from globaldns.workers import Supervisor
-
-        main = Supervisor(config).serve()
-    else:
-        main = serve(Server(config))
-    try:
-        return uvloop.run(main)
-    except OSError as error:
-        print(f"globaldns: {error}", file=sys.stderr)
-        return 1

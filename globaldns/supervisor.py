@@ -1,6 +1,6 @@
-"""--workers N: a supervisor and N worker processes that share every --listen port through SO_REUSEPORT.
+"""--workers N: a supervisor above N worker processes that share every --listen port through SO_REUSEPORT.
 
-Each worker is a whole `globaldns serve` with its own source, table, cache and upstream pool; the kernel spreads
+Each worker (globaldns.worker) is a whole server with its own source, table, cache and upstream pool; the kernel spreads
 queries over the workers' sockets, so answering one needs no IPC at all. The supervisor holds the pod's /health,
 /ready, /metrics and /table: probed or scraped, it asks every worker's private endpoints on 127.0.0.1 and combines
 the answers. It relays SIGTERM, SIGINT and SIGHUP. A worker that dies is not restarted: the supervisor stops the
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
@@ -26,18 +25,16 @@ import sys
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
-from globaldns import server as serving
 from globaldns.config import Config, Endpoint
-from globaldns.errors import ConfigError
 from globaldns.metrics import merge
-from globaldns.probes import Answer, fetch, serve_endpoints, text
+from globaldns.probes import Answer, describe, fetch, serve_endpoints, text
+from globaldns.server import BIND_ATTEMPTS
 
 log = logging.getLogger(__name__)
 
 PRIVATE = Endpoint("127.0.0.1", 0)  # a worker's own /health, /ready, /metrics and /table: the supervisor asks them
 _READY_TIMEOUT = 0.5  # per worker: well inside a kubelet probe's timeout (1 s unless set)
 _SCRAPE_TIMEOUT = 5.0  # per worker: well inside a Prometheus scrape's timeout (10 s unless set)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclasses.dataclass
@@ -85,7 +82,6 @@ class Supervisor:
             self.config,
             listen=listen,
             workers=1,
-            reuse_port=True,
             health=PRIVATE,
             ready=PRIVATE,
             metrics=PRIVATE if self.config.metrics is not None else None,
@@ -96,8 +92,9 @@ class Supervisor:
         for sock in self._held:  # the workers hold the ports now
             sock.close()
         if not self.stopping:
-            for endpoint in listen:
-                log.info("serving DNS on %s (udp, tcp) with %d workers", endpoint, self.config.workers)
+            where = " and ".join(map(str, listen))
+            endpoints = describe(self.config, self.http_ports)
+            log.info("serving DNS on %s (udp, tcp) with %d workers; %s", where, self.config.workers, endpoints)
 
     def _reserve(self, endpoint: Endpoint) -> Endpoint:
         try:
@@ -111,7 +108,7 @@ class Supervisor:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "globaldns.workers",
+            "globaldns.worker",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor alone, which relays it once
@@ -122,7 +119,7 @@ class Supervisor:
         if self.stopping:  # stopping began while it was being created: SIGTERM missed it
             process.terminate()
         assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(pickle.dumps((dataclasses.replace(config, worker=index), os.getpid())))
+        process.stdin.write(pickle.dumps((config, index, os.getpid())))
         process.stdin.close()
         line = await process.stdout.readline()  # its ports once it serves; nothing when it ended first
         if line:
@@ -220,7 +217,7 @@ def reserve(endpoint: Endpoint) -> tuple[Endpoint, list[socket.socket]]:
     before the workers are ready, and is closed as soon as they are)."""
     family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
     shared = endpoint.port == 0
-    for attempt in range(serving.BIND_ATTEMPTS):
+    for attempt in range(BIND_ATTEMPTS):
         tcp, udp = socket.socket(family, socket.SOCK_STREAM), socket.socket(family, socket.SOCK_DGRAM)
         try:
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the workers: TIME_WAIT is no conflict
@@ -231,7 +228,7 @@ def reserve(endpoint: Endpoint) -> tuple[Endpoint, list[socket.socket]]:
         except OSError:
             tcp.close()
             udp.close()
-            if shared and attempt < serving.BIND_ATTEMPTS - 1:
+            if shared and attempt < BIND_ATTEMPTS - 1:
                 continue  # the port TCP got is taken for UDP: another one
             raise
         if shared:
@@ -240,47 +237,3 @@ def reserve(endpoint: Endpoint) -> tuple[Endpoint, list[socket.socket]]:
         udp.close()
         return endpoint, []
     raise AssertionError("unreachable")
-
-
-# -- in a worker -------------------------------------------------------------------------------------------------
-def work() -> int:
-    """A worker process: its Config comes from the supervisor on stdin, its private ports go back on stdout."""
-    config, supervisor = pickle.load(sys.stdin.buffer)
-    _die_with(supervisor)
-    try:
-        return serving.run(config, _serve)
-    except ConfigError as error:
-        print(f"globaldns: {error}", file=sys.stderr)
-        return 2
-
-
-def _die_with(supervisor: int) -> None:
-    """Have the kernel SIGKILL this process when the supervisor dies, however it dies, so that no worker is left
-    holding the ports. Set here, after exec: exec of an interpreter with file capabilities (the image's) clears it.
-    It fires when the thread that started this process ends: the supervisor's loop, in its main thread."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != supervisor:  # it died before the prctl
-        raise SystemExit(1)
-
-
-async def _serve(server: serving.Server) -> int:
-    """Serve; once every listener and endpoint is bound, tell the supervisor where the private endpoints are."""
-
-    def report(started: asyncio.Task) -> None:
-        if not started.cancelled():
-            sys.stdout.write(json.dumps(server.http_ports) + "\n")
-            sys.stdout.flush()
-            os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything printed later goes to the log, not the pipe
-
-    started = asyncio.create_task(server.started.wait())
-    started.add_done_callback(report)
-    try:
-        return await server.serve()
-    finally:
-        started.cancel()
-
-
-if __name__ == "__main__":
-    raise SystemExit(work())

@@ -1,13 +1,17 @@
-"""Pure bytes: scan a query's header, question and OPT by index; build headers, OPT and error replies; truncate.
+"""Pure bytes: recognise a query's header, question and OPT; splice, build and cut replies; take upstream replies
+apart.
 
-Nothing here allocates a record object: the serving path splices precomputed bytes around these scans.
+Nothing here allocates a record object: the serving path splices precomputed bytes around what recognise() read.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from functools import cache, lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from globaldns.errors import GlobalDNSError
 
 # Record types and classes the server itself needs to name.
 A, NS, SOA, AAAA, OPT, ANY = 1, 2, 6, 28, 41, 255
@@ -21,101 +25,211 @@ RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOT
                7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 16: "BADVERS"}  # fmt: skip
 # Header flag bits (the 16-bit word after the ID).
 QR, AA, TC, RD, RA, AD, CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0020, 0x0010
+# The same bits as they sit in header byte 2 or 3, for code that reads one byte.
+QR_BYTE, OPCODE_BYTE, TC_BYTE, RD_BYTE = 0x80, 0x78, 0x02, 0x01  # byte 2
+QR_OPCODE_BYTE = QR_BYTE | OPCODE_BYTE  # byte 2: a response, or an opcode other than QUERY
+CD_BYTE = 0x10  # byte 3
 
 HEADER_SIZE = 12
 UDP_MIN = 512  # RFC 1035: what a client without EDNS accepts
 EDNS_UDP_SIZE = 1232  # what we advertise (DNS flag day 2020)
-TCP_MAX = 65535
 MAX_NAME = 255
 
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _COUNTS = struct.Struct("!HHHH")
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
+_NO_RECORD, _ONE_RECORD = b"\x00\x00", b"\x00\x01"  # ARCOUNT
+_OPT_START = b"\x00\x00\x29"  # root owner, TYPE OPT
 
 
-class Malformed(Exception):
-    """The packet cannot be answered normally; `rcode` None means drop it silently."""
+class Malformed(GlobalDNSError):
+    """The DNS message is malformed."""
 
-    def __init__(self, rcode: int | None, question_end: int = 0, edns: bool = False) -> None:
-        super().__init__(rcode)
-        self.rcode = rcode
-        self.question_end = question_end
+
+class Query:
+    """A query being answered: what its bytes say, read once by recognise(), and who asked and when.
+
+    `rcode` is None for a query to answer; otherwise the error to answer it with (FORMERR, NOTIMP, BADVERS),
+    and only `end` (0 when no question could be read), `qtype` and `edns` are meaningful.
+    """
+
+    __slots__ = (
+        "addr",
+        "channel",
+        "do",
+        "edns",
+        "end",
+        "name",
+        "packet",
+        "qclass",
+        "qtype",
+        "rcode",
+        "started",
+        "udp_size",
+        "variant",
+    )
+
+    def __init__(
+        self,
+        packet: bytes,
+        end: int,
+        name: bytes,
+        qtype: int,
+        qclass: int,
+        udp_size: int,
+        edns: bool,
+        do: bool,
+        variant: int,
+        rcode: int | None,
+        addr: object,
+        channel: Any,
+        started: int,
+    ) -> None:
+        self.packet = packet
+        self.end = end  # offset just past QTYPE and QCLASS
+        self.name = name  # lower-cased wire name, root label included
+        self.qtype = qtype
+        self.qclass = qclass
+        self.udp_size = udp_size  # what the client accepts over UDP: 0 without EDNS, else at least 512
         self.edns = edns
+        self.do = do  # the DO bit
+        self.variant = variant  # which of an answer's header variants fits: see reply_heads
+        self.rcode = rcode
+        self.addr = addr  # the client, as its transport names it
+        self.channel = channel  # where its reply goes (the resolver's Channel)
+        self.started = started  # perf_counter_ns() when it arrived
 
 
-class Question(NamedTuple):
-    """What the slow path knows of a query; the hot path keeps the same facts in locals."""
-
-    end: int  # offset just past QTYPE and QCLASS
-    name: bytes  # lower-cased wire name, root label included
-    labels: tuple[int, ...]  # offset of each label within `name`, leftmost first
-    qtype: int
-    qclass: int
-    udp_size: int  # the client's EDNS UDP size, 0 without EDNS
-    do: bool
+_new = object.__new__
 
 
-def scan(packet: bytes) -> Question:
-    """Scan header, question and additional section; raise Malformed with the rcode to answer."""
-    if len(packet) < HEADER_SIZE or packet[2] & 0x80:
-        raise Malformed(None)
-    if packet[2] & 0x78:
-        end = _question_end(packet)
-        raise Malformed(NOTIMP, end or 0)
+def recognise(packet: bytes, addr: object = None, channel: Any = None, started: int = 0) -> Query | None:
+    """What a query asks, or None if it is to be dropped silently (too short to answer, or a response).
+
+    The shapes resolvers send (one question, then nothing or one OPT) are read by index with no loop, taking the
+    name to end at its first zero byte: checked() walks its labels, for a name not found in the table as it is.
+    Anything else is scanned record by record, the answer and authority sections skipped to find the OPT.
+    """
+    end = packet.find(0, HEADER_SIZE) + 5
+    if end > 16 and not packet[2] & QR_OPCODE_BYTE and packet[4:10] == _ONE_QUESTION:
+        size = len(packet)
+        if size == end and packet[10:12] == _NO_RECORD:
+            udp_size, edns, do, variant = 0, False, False, packet[2] & RD_BYTE | (packet[3] & CD_BYTE) >> 3
+        elif (
+            size >= end + 11
+            and packet[10:12] == _ONE_RECORD
+            and packet[end : end + 3] == _OPT_START
+            and packet[end + 6] == 0  # EDNS version 0
+            and (packet[end + 9] << 8 | packet[end + 10]) == size - end - 11  # the OPT is the last thing
+        ):
+            udp_size = packet[end + 3] << 8 | packet[end + 4]
+            udp_size = udp_size if udp_size > UDP_MIN else UDP_MIN
+            edns, do, variant = True, packet[end + 7] >= 0x80, packet[2] & RD_BYTE | (packet[3] & CD_BYTE) >> 3 | 4
+        else:
+            return _scan(packet, addr, channel, started)
+        query = _new(Query)  # Query.__init__'s stores, made here: a call frame less on every query that is not ready
+        query.packet, query.end, query.name = packet, end, packet[HEADER_SIZE : end - 4].lower()
+        query.qtype, query.qclass = packet[end - 4] << 8 | packet[end - 3], packet[end - 2] << 8 | packet[end - 1]
+        query.udp_size, query.edns, query.do, query.variant, query.rcode = udp_size, edns, do, variant, None
+        query.addr, query.channel, query.started = addr, channel, started
+        return query
+    return _scan(packet, addr, channel, started)
+
+
+def read(packet: bytes) -> Query | None:
+    """recognise() with the name checked too: what a query says, for code off the hot path (the query log)."""
+    query = recognise(packet)
+    return query if query is None or query.rcode is not None else checked(query)
+
+
+def checked(query: Query) -> Query | None:
+    """The query if its name holds up label by label, else what the full scan reads: FORMERR for a name that is not
+    one, or the right name where a label holds a zero byte (the quick reading took it for the root)."""
+    name = query.name
+    offset, last = 0, len(name) - 1
+    while offset < last:
+        length = name[offset]
+        if length > 63:
+            break
+        offset += length + 1
+    if offset == last and last < MAX_NAME:
+        return query
+    return _scan(query.packet, query.addr, query.channel, query.started)
+
+
+def _scan(packet: bytes, addr: object, channel: Any, started: int) -> Query | None:
+    """recognise() for every other shape: header, question and additional section, checked in full."""
+    if len(packet) < HEADER_SIZE or packet[2] & QR_BYTE:
+        return None
+    if packet[2] & OPCODE_BYTE:
+        return rejected(packet, NOTIMP, _question_end(packet), False, addr, channel, started)
     qdcount, ancount, nscount, arcount = _COUNTS.unpack_from(packet, 4)
-    if qdcount != 1:
-        raise Malformed(FORMERR)
-    name, labels, offset = _read_question_name(packet)
-    if offset + 4 > len(packet):
-        raise Malformed(FORMERR)
-    qtype, qclass = struct.unpack_from("!HH", packet, offset)
-    end = offset + 4
-    udp_size, do = _scan_additional(packet, end, ancount + nscount, arcount)
-    return Question(end, name, labels, qtype, qclass, udp_size, do)
+    try:
+        if qdcount != 1:
+            raise Malformed
+        name, offset = _read_question_name(packet)
+        if offset + 4 > len(packet):
+            raise Malformed
+        qtype, qclass = struct.unpack_from("!HH", packet, offset)
+        end = offset + 4
+        udp_size, do, version = _scan_additional(packet, end, ancount + nscount, arcount)
+    except Malformed:
+        return rejected(packet, FORMERR, 0, False, addr, channel, started)
+    if version:
+        return rejected(packet, BADVERS, end, True, addr, channel, started)
+    edns = udp_size > 0
+    variant = packet[2] & RD_BYTE | (packet[3] & CD_BYTE) >> 3 | (4 if edns else 0)
+    return Query(packet, end, name, qtype, qclass, udp_size, edns, do, variant, None, addr, channel, started)
 
 
-def _read_question_name(packet: bytes) -> tuple[bytes, tuple[int, ...], int]:
-    """The question name, lower-cased; compression or extended labels in a question are FORMERR."""
+def rejected(packet: bytes, rcode: int, end: int, edns: bool, addr: object, channel: Any, started: int) -> Query:
+    """A query to answer only with an error: rcode, its question if it ends at `end` (0: none), an OPT if edns."""
+    qtype = packet[end - 4] << 8 | packet[end - 3] if end else 0
+    return Query(packet, end, b"", qtype, 0, 0, edns, False, 0, rcode, addr, channel, started)
+
+
+def _read_question_name(packet: bytes) -> tuple[bytes, int]:
+    """The question name, lower-cased, and where it ends; compression or extended labels in a question are
+    Malformed."""
     offset = HEADER_SIZE
-    labels = []
     while True:
         if offset >= len(packet):
-            raise Malformed(FORMERR)
+            raise Malformed
         length = packet[offset]
         if length == 0:
             break
         if length > 63:
-            raise Malformed(FORMERR)
-        labels.append(offset - HEADER_SIZE)
+            raise Malformed
         offset += length + 1
     offset += 1
     if offset - HEADER_SIZE > MAX_NAME:
-        raise Malformed(FORMERR)
-    return packet[HEADER_SIZE:offset].lower(), tuple(labels), offset
+        raise Malformed
+    return packet[HEADER_SIZE:offset].lower(), offset
 
 
-def _question_end(packet: bytes) -> int | None:
-    """Where the question ends, or None if there is no well-formed single question."""
+def _question_end(packet: bytes) -> int:
+    """Where the question ends, or 0 if there is no well-formed single question."""
     if _COUNTS.unpack_from(packet, 4)[0] != 1:
-        return None
+        return 0
     try:
-        _, _, offset = _read_question_name(packet)
+        _, offset = _read_question_name(packet)
     except Malformed:
-        return None
-    return offset + 4 if offset + 4 <= len(packet) else None
+        return 0
+    return offset + 4 if offset + 4 <= len(packet) else 0
 
 
 def skip_name(packet: bytes, offset: int) -> int:
     """Offset past a possibly compressed name in a record."""
     while True:
         if offset >= len(packet):
-            raise Malformed(FORMERR)
+            raise Malformed
         length = packet[offset]
         if length == 0:
             return offset + 1
         if length & 0xC0 == 0xC0:
             return offset + 2
         if length > 63:
-            raise Malformed(FORMERR)
+            raise Malformed
         offset += length + 1
 
 
@@ -123,16 +237,16 @@ def skip_record(packet: bytes, offset: int) -> tuple[int, int, int]:
     """(type, offset of the fixed part, offset past the record) of the record at `offset`."""
     fixed = skip_name(packet, offset)
     if fixed + 10 > len(packet):
-        raise Malformed(FORMERR)
+        raise Malformed
     rtype, _, _, rdlength = _RR_FIXED.unpack_from(packet, fixed)
     end = fixed + 10 + rdlength
     if end > len(packet):
-        raise Malformed(FORMERR)
+        raise Malformed
     return rtype, fixed, end
 
 
-def _scan_additional(packet: bytes, offset: int, skip: int, arcount: int) -> tuple[int, bool]:
-    """Find the OPT record: (client UDP size or 0, DO bit). Raise BADVERS for EDNS version > 0."""
+def _scan_additional(packet: bytes, offset: int, skip: int, arcount: int) -> tuple[int, bool, int]:
+    """Find the OPT record: (client UDP size or 0, DO bit, EDNS version)."""
     for _ in range(skip):
         offset = skip_record(packet, offset)[2]
     udp_size, do, version, seen = 0, False, 0, False
@@ -140,15 +254,13 @@ def _scan_additional(packet: bytes, offset: int, skip: int, arcount: int) -> tup
         rtype, fixed, end = skip_record(packet, offset)
         if rtype == OPT:
             if seen or fixed != offset + 1:  # a second OPT, or an owner name other than the root
-                raise Malformed(FORMERR)
+                raise Malformed
             seen = True
             udp_size = max(UDP_MIN, int.from_bytes(packet[fixed + 2 : fixed + 4]))
             version = packet[fixed + 5]
             do = bool(packet[fixed + 6] & 0x80)
         offset = end
-    if version:
-        raise Malformed(BADVERS, _question_end(packet) or 0, edns=True)
-    return udp_size, do
+    return udp_size, do, version
 
 
 @cache
@@ -161,7 +273,8 @@ def opt_record(do: bool, extended_rcode: int = 0) -> bytes:
 def reply_heads(
     rcode: int, ancount: int, nscount: int, ra: bool, aa: bool = True, ad: bool = False, arcount: int = 0
 ) -> tuple[bytes, ...]:
-    """The 10 header bytes after the ID, for each (RD, CD, EDNS) of a query: index rd | cd << 1 | edns << 2.
+    """The 10 header bytes after the ID, for each (RD, CD, EDNS) of a query: index rd | cd << 1 | edns << 2, the
+    Query.variant recognise() reads.
 
     Interned, so every answer with the same shape shares one tuple; `arcount` excludes our OPT.
     """
@@ -171,6 +284,19 @@ def reply_heads(
         flags = base | (RD if index & 1 else 0) | (CD if index & 2 else 0)
         heads.append(struct.pack("!HHHHH", flags, 1, ancount, nscount, arcount + (1 if index & 4 else 0)))
     return tuple(heads)
+
+
+# A precomputed answer, spliced around a query: its reply_heads variants, the record bytes of every rotation (one
+# per response in turn), and its telemetry outcome. Zone answers and cache answers alike.
+Answer = tuple[tuple[bytes, ...], Sequence[bytes], int]
+
+
+def tail(query: Query, head: bytes, body: bytes) -> bytes:
+    """A reply after its ID: a header variant, the question exactly as asked (0x20 case kept), the records, and
+    our OPT if the query had one."""
+    if query.edns:
+        return b"".join((head, query.packet[HEADER_SIZE : query.end], body, opt_record(query.do)))
+    return b"".join((head, query.packet[HEADER_SIZE : query.end], body))
 
 
 def error_reply(packet: bytes, rcode: int, question_end: int = 0, edns: bool = False, ra: bool = False) -> bytes:
@@ -228,8 +354,8 @@ class ReplyParts(NamedTuple):
     negative_ttl: int | None  # min(SOA TTL, SOA minimum) of an SOA in authority (RFC 2308)
 
 
-def split_reply(reply: bytes, question_end: int) -> ReplyParts:
-    """Take a reply apart after its (already validated) question; Malformed(FORMERR) if it does not parse."""
+def split_reply(reply: bytes, question_end: int) -> ReplyParts | None:
+    """Take a reply apart after its (already validated) question; None if it does not parse."""
     flags = int.from_bytes(reply[2:4])
     ancount, nscount, arcount = struct.unpack_from("!HHH", reply, 6)
     offset = question_end
@@ -239,27 +365,30 @@ def split_reply(reply: bytes, question_end: int) -> ReplyParts:
     negative_ttl = None
     size = 0
     additional = 0
-    for section, count in enumerate((ancount, nscount, arcount)):
-        for _ in range(count):
-            rtype, fixed, end = skip_record(reply, offset)
-            if rtype == OPT:  # ours is added per client; what follows it would have moved, so it goes too
-                if section != 2:  # RFC 6891: only in additional; dropping it here would leave the counts wrong
-                    raise Malformed(FORMERR)
-                break
-            ttl = int.from_bytes(reply[fixed + 4 : fixed + 8])
-            if ttl > 0x7FFFFFFF:  # RFC 2181 section 8: a TTL with the top bit set is read as 0
-                ttl = 0
-            if section == 1 and rtype == SOA:
-                minimum_at = skip_name(reply, skip_name(reply, fixed + 10)) + 16
-                if minimum_at + 4 > end:
-                    raise Malformed(FORMERR)
-                negative_ttl = min(ttl, int.from_bytes(reply[minimum_at : minimum_at + 4]))
-            additional += section == 2
-            ttl_offsets.append(size + fixed + 4 - offset)
-            ttls.append(ttl)
-            kept.append(reply[offset:end])
-            size += end - offset
-            offset = end
+    try:
+        for section, count in enumerate((ancount, nscount, arcount)):
+            for _ in range(count):
+                rtype, fixed, end = skip_record(reply, offset)
+                if rtype == OPT:  # ours is added per client; what follows it would have moved, so it goes too
+                    if section != 2:  # RFC 6891: only in additional; dropping it here would leave the counts wrong
+                        return None
+                    break
+                ttl = int.from_bytes(reply[fixed + 4 : fixed + 8])
+                if ttl > 0x7FFFFFFF:  # RFC 2181 section 8: a TTL with the top bit set is read as 0
+                    ttl = 0
+                if section == 1 and rtype == SOA:
+                    minimum_at = skip_name(reply, skip_name(reply, fixed + 10)) + 16
+                    if minimum_at + 4 > end:
+                        return None
+                    negative_ttl = min(ttl, int.from_bytes(reply[minimum_at : minimum_at + 4]))
+                additional += section == 2
+                ttl_offsets.append(size + fixed + 4 - offset)
+                ttls.append(ttl)
+                kept.append(reply[offset:end])
+                size += end - offset
+                offset = end
+    except Malformed:  # a record runs past the end, or a name is not one
+        return None
     return ReplyParts(
         rcode=flags & 0xF,
         ad=bool(flags & AD),

@@ -9,7 +9,7 @@ Measured: seconds from process start to /ready 200, VmRSS once ready, then for -
 one at a time, the time from the change (api.modify(), or the file replaced by a rename, as a ConfigMap
 volume is) until a UDP query (polled every ~2 ms) returns the new address; the files source notices a file
 by polling it every second, then reads all of it again.
-Speed is measured here, never asserted (tests/test_bench_scale.py only runs a tiny size).
+Speed is measured here, never asserted (tests/scripts/test_bench_scale.py only runs a tiny size).
 
     .venv/bin/python scripts/bench_scale.py [--source kubernetes|json|yaml] [--sizes 10000,100000] [--changes 50]
 """
@@ -45,7 +45,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.fakes.kubeapi import KubeAPI, serviceentry  # noqa: E402
+from tests.fakes.kubeapi import KubeAPI  # noqa: E402
+from tests.helpers import manifest  # noqa: E402
 from tests.processes import StderrLog, terminate  # noqa: E402
 
 NAMESPACES = 100
@@ -63,7 +64,7 @@ def address(index: int, first_octet: int = 240) -> str:
 def entry(index: int, first_octet: int = 240) -> dict[str, Any]:
     namespace = f"ns-{index % NAMESPACES}"
     name = f"svc-{index}"
-    return serviceentry(name, namespace, hosts=[f"{name}.{namespace}.global"], addresses=[address(index, first_octet)])
+    return manifest(name, namespace, hosts=[f"{name}.{namespace}.global"], addresses=[address(index, first_octet)])
 
 
 def percentile(values: list[float], fraction: float) -> float:

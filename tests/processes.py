@@ -1,14 +1,23 @@
-"""Child processes on loopback, shared by the integration tests and the benchmark scripts."""
+"""Child processes on loopback, shared by the tests and the benchmark scripts: the real server among them."""
 
 from __future__ import annotations
 
+import os
 import queue
+import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import dns.message
+import dns.query
 
 
 def free_port() -> int:
@@ -75,3 +84,110 @@ class StderrLog:
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+_DNS_PORT = re.compile(r"serving DNS on 127\.0\.0\.1:(\d+)")
+_HTTP_PORT = re.compile(r"(health|ready|metrics) on http://127\.0\.0\.1:(\d+)")
+_WORKER = re.compile(r'worker=\d|"worker": \d')  # a worker's line: its endpoints are private, not the pod's
+
+
+def exchange(port: int, query: bytes, tcp: bool = False) -> bytes:
+    """Send wire bytes to 127.0.0.1:port and return the reply's exact bytes (without the TCP length prefix)."""
+    if not tcp:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(2)
+            sock.sendto(query, ("127.0.0.1", port))
+            return sock.recv(65535)
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(len(query).to_bytes(2) + query)
+        with sock.makefile("rb") as stream:
+            size = int.from_bytes(stream.read(2))
+            reply = stream.read(size)
+        assert len(reply) == size, "connection closed mid-reply"
+        return reply
+
+
+class ServerProcess:
+    """`python -m globaldns serve ...` with its stderr collected line by line, so tests wait on log lines."""
+
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        loaded: bool = True,
+        program: Sequence[str] = (sys.executable, "-m", "globaldns"),
+    ) -> None:
+        """Forwarding is off (`--upstream none`) unless the test names an upstream; `loaded=False` returns once
+        the server listens, without waiting for its first table; `program` runs another installation."""
+        if "--upstream" not in args:
+            args = ("--upstream", "none", *args)
+        command = [
+            *program,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--health",
+            "127.0.0.1:0",
+            "--ready",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--lameduck",
+            "0",
+            *args,
+        ]
+        self.process = subprocess.Popen(
+            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}
+        )
+        assert self.process.stderr is not None
+        self.stderr = StderrLog(self.process.stderr)
+        self.log = self.stderr.lines
+        self.port = int(self.wait_for(_DNS_PORT).group(1))
+        self.wait_for(r"^(?!.*(worker=\d|\"worker\": \d)).*ready on http://")  # the start-up line of the pod's
+        if loaded:
+            self.wait_for(r"serving \d+ names")
+
+    def mark(self) -> int:
+        """A position in the log: wait_for(..., after=mark) looks only at lines logged later."""
+        return len(self.log)
+
+    def wait_for(self, pattern: re.Pattern[str] | str, timeout: float = 10.0, after: int = 0) -> re.Match[str]:
+        """The first log line after `after` matching pattern; fail with the log so far if none comes."""
+        regex = re.compile(pattern)
+        for line in self.log[after:]:
+            if found := regex.search(line):
+                return found
+        for line in self.stderr.new_lines(timeout):
+            if not _WORKER.search(line):
+                for match in _HTTP_PORT.finditer(line):
+                    setattr(self, f"{match.group(1)}_port", int(match.group(2)))
+            found = regex.search(line)
+            if found:
+                return found
+        raise AssertionError(f"no log line matching {regex.pattern!r} in:\n{''.join(self.log)}")
+
+    def query(self, name: str, rdtype: str = "A", tcp: bool = False, **kwargs: object) -> dns.message.Message:
+        message = dns.message.make_query(name, rdtype, **kwargs)  # type: ignore[arg-type]
+        send = dns.query.tcp if tcp else dns.query.udp
+        return send(message, "127.0.0.1", port=self.port, timeout=2)
+
+    def http(self, which: str, path: str) -> tuple[int, str]:
+        port = getattr(self, f"{which}_port")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self) -> int:
+        status = terminate(self.process, timeout=10)
+        self.stderr.join(timeout=5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        assert status is not None, "still running 10 s after SIGTERM (killed)"
+        return status

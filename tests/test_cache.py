@@ -12,8 +12,9 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from globaldns import cache, config, table, wire
+from globaldns import cache, compiler, config, wire
 from globaldns.resolver import Resolver
+from tests.helpers import Clock, upstream_reply
 
 NAME = b"\x07example\x03com\x00"
 A_IN = b"\x00\x01\x00\x01"
@@ -37,40 +38,12 @@ def a(ttl: int) -> tuple[str, int, str, str]:
     return ("example.com.", ttl, "A", "93.184.216.34")
 
 
-class Clock:
-    """The injected clock: the test moves `now`."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def upstream(
-    qname: str = "example.com.",
-    rdtype: str = "A",
-    *,
-    answer=(),
-    authority=(),
-    additional=(),
-    rcode: int = dns.rcode.NOERROR,
-    ad: bool = False,
-    tc: bool = False,
-    edns: bool = False,
+    qname: str = "example.com.", rdtype: str = "A", *, ad: bool = False, tc: bool = False, **sections
 ) -> bytes:
-    """An upstream reply built by dnspython (names compressed), as the forwarder would receive it."""
-    response = dns.message.make_response(dns.message.make_query(qname, rdtype, use_edns=0 if edns else None))
-    for section, records in (
-        (response.answer, answer),
-        (response.authority, authority),
-        (response.additional, additional),
-    ):
-        for owner, ttl, rtype, *rdatas in records:
-            section.append(dns.rrset.from_text(owner, ttl, "IN", rtype, *rdatas))
-    response.set_rcode(rcode)
-    response.flags |= (dns.flags.AD if ad else 0) | (dns.flags.TC if tc else 0)
-    return response.to_wire()
+    """An upstream reply for qname, with AD or TC set if asked."""
+    flags = (dns.flags.AD if ad else 0) | (dns.flags.TC if tc else 0)
+    return upstream_reply(qname, rdtype, flags=flags, **sections)
 
 
 def question_end(reply: bytes) -> int:
@@ -408,8 +381,14 @@ def resolver_with(*entries: tuple[bytes, bytes, bool, bool, bytes]) -> tuple[Res
     store = cache.Cache(100, clock)
     for name, type_and_class, do, cd, reply in entries:
         store.put(cache.key(name, type_and_class, do, cd), split(reply))
-    compiled = table.compile([], ["global"], ttl=30, serial=1, recursion=True)
+    compiled = compiler.compile([], ["global"], ttl=30, serial=1, recursion=True)
     return Resolver(compiled, forwarder=None, answers_cache=store, allow=config.DEFAULT_ALLOW), clock
+
+
+def hits(resolver: Resolver) -> tuple[int, int]:
+    """(success, denial) cache hits, whether the cache answered or a ready reply made from it."""
+    stats, ready = resolver.cache.stats(), resolver.ready.stats()
+    return stats.hits_success + ready.hits_success, stats.hits_denial + ready.hits_denial
 
 
 def client(name: str = "ExAmPlE.CoM.", rdtype: str = "A", qid: int = 0x4242, **options) -> bytes:
@@ -469,10 +448,10 @@ def test_a_repeated_query_is_a_cache_hit_whose_ttls_keep_counting_down_until_it_
         clock.now += step
         shown.append(ask(resolver, query).answer[0].ttl)
     assert shown == [300, 300, 300, 299, 298, 297, 1]
-    assert (resolver.cache.hits_success, resolver.cache.hits_denial) == (7, 0)
+    assert hits(resolver) == (7, 0)
     clock.now += 0.1  # expired: not in the cache, and no forwarding here
     assert ask(resolver, query).rcode() == dns.rcode.REFUSED
-    assert resolver.cache.hits_success == 7
+    assert hits(resolver)[0] == 7
 
 
 def test_a_repeated_query_from_outside_allow_is_refused_and_no_hit():
@@ -481,7 +460,7 @@ def test_a_repeated_query_from_outside_allow_is_refused_and_no_hit():
     assert ask(resolver, query, INSIDE).rcode() == dns.rcode.NOERROR
     assert ask(resolver, query, OUTSIDE).rcode() == dns.rcode.REFUSED
     assert ask(resolver, query, INSIDE).rcode() == dns.rcode.NOERROR
-    assert resolver.cache.hits_success == 2
+    assert hits(resolver)[0] == 2
 
 
 def test_repeated_denials_are_denial_hits():
@@ -489,7 +468,7 @@ def test_repeated_denials_are_denial_hits():
     resolver, _ = resolver_with((NAME, A_IN, False, False, nxdomain))
     for _ in range(3):
         assert ask(resolver, client()).rcode() == dns.rcode.NXDOMAIN
-    assert (resolver.cache.hits_success, resolver.cache.hits_denial) == (0, 3)
+    assert hits(resolver) == (0, 3)
 
 
 @pytest.mark.parametrize(
@@ -582,3 +561,15 @@ def test_resolver_serves_a_cached_nxdomain():
     assert message.rcode() == dns.rcode.NXDOMAIN
     assert message.flags & dns.flags.RA and not message.flags & dns.flags.AA
     assert [(rrset.rdtype, rrset.ttl) for rrset in message.authority] == [(dns.rdatatype.SOA, 53)]
+
+
+def test_stats_count_entries_by_kind_and_hits():
+    clock = Clock()
+    store = cache.Cache(10, clock)
+    store.put(cache.key(NAME, A_IN, False, False), split(upstream(answer=[a(300)])))
+    nxdomain = upstream("nope.example.com.", rcode=dns.rcode.NXDOMAIN, authority=[soa(900, 60)])
+    store.put(cache.key(b"\x04nope" + NAME, A_IN, False, False), split(nxdomain))
+    store.get(cache.key(NAME, A_IN, False, False))
+    store.get(cache.key(b"\x04nope" + NAME, A_IN, False, False))
+    store.get(cache.key(b"\x04nope" + NAME, A_IN, False, False))
+    assert store.stats() == cache.CacheStats(success=1, denial=1, hits_success=1, hits_denial=2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import re
 from pathlib import Path
 
@@ -79,13 +78,6 @@ spec:
   addresses:
   - {address}
 """
-
-
-@pytest.fixture(autouse=True)
-def no_globaldns_environment(monkeypatch):
-    """The CLI reads GLOBALDNS_* variables; the developer's shell must not change these results."""
-    for variable in [name for name in os.environ if name.startswith("GLOBALDNS_")]:
-        monkeypatch.delenv(variable)
 
 
 def check(capsys, *argv: str) -> tuple[int, str]:

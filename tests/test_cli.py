@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
-import os
 import subprocess
 import sys
 
 import pytest
 
-from globaldns import __version__, cli
+from globaldns import __version__, cli, config
 from globaldns.config import Config, Endpoint
 
 
@@ -189,6 +188,21 @@ def test_flag_wins_over_environment(argv, environ, expected):
         pytest.param([], {"GLOBALDNS_LOG_QUERIES": "maybe"}, "GLOBALDNS_LOG_QUERIES", id="env-log-queries"),
         pytest.param([], {"GLOBALDNS_LOG_LEVEL": "loud"}, "GLOBALDNS_LOG_LEVEL", id="env-log-level"),
         pytest.param([], {"GLOBALDNS_WORKERS": "0"}, "GLOBALDNS_WORKERS", id="env-workers-0"),
+        pytest.param(["--upstream", "none", "--upstream", "10.0.0.10"], {}, "--upstream", id="none-with-address"),
+        pytest.param(["--upstream", "10.0.0.10", "--upstream", "none"], {}, "--upstream", id="address-with-none"),
+        pytest.param([], {"GLOBALDNS_UPSTREAM": "none,10.0.0.10"}, "--upstream", id="env-none-with-address"),
+        pytest.param(["--upstream", "dns.example.com"], {}, "--upstream", id="upstream-hostname"),
+        pytest.param(["--upstream", "10.0.0.10:0"], {}, "--upstream", id="upstream-port-0"),
+        pytest.param(["--upstream", ""], {}, "--upstream", id="upstream-empty"),
+        pytest.param([], {"GLOBALDNS_UPSTREAM": "10.0.0.10,x"}, "GLOBALDNS_UPSTREAM", id="env-upstream"),
+        pytest.param(["--upstream-policy", "bad"], {}, "--upstream-policy", id="policy"),
+        pytest.param([], {"GLOBALDNS_UPSTREAM_POLICY": "bad"}, "GLOBALDNS_UPSTREAM_POLICY", id="env-policy"),
+        pytest.param(["--max-fails", "0"], {}, "--max-fails", id="max-fails-0"),
+        pytest.param([], {"GLOBALDNS_MAX_FAILS": "0"}, "--max-fails", id="env-max-fails-0"),
+        pytest.param(["--max-fails", "-1"], {}, "--max-fails", id="max-fails-negative"),
+        pytest.param(["--cache-size", "many"], {}, "--cache-size", id="cache-size"),
+        pytest.param(["--allow", "10.0.0.0/33"], {}, "--allow", id="allow"),
+        pytest.param([], {"GLOBALDNS_ALLOW": "nope"}, "GLOBALDNS_ALLOW", id="env-allow"),
     ],
 )
 def test_bad_values_exit_2_naming_the_flag(capsys, argv, environ, named):
@@ -228,10 +242,7 @@ def test_main_reports_a_config_error_with_status_2(tmp_path, capsys):
 
 
 def run_module(*argv: str) -> subprocess.CompletedProcess[str]:
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("GLOBALDNS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "globaldns", *argv], capture_output=True, text=True, env=environ, timeout=30
-    )
+    return subprocess.run([sys.executable, "-m", "globaldns", *argv], capture_output=True, text=True, timeout=30)
 
 
 def test_python_m_globaldns_bad_flag_exits_2():
@@ -244,3 +255,49 @@ def test_python_m_globaldns_bad_flag_exits_2():
 def test_python_m_globaldns_version():
     finished = run_module("--version")
     assert (finished.returncode, finished.stdout.strip()) == (0, f"globaldns {__version__}")
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+V10, V11 = Endpoint("10.0.0.10", 53), Endpoint("10.0.0.11", 53)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        pytest.param(["--upstream", "10.0.0.10"], {}, {"upstream": (V10,)}, id="upstream"),
+        pytest.param(
+            ["--upstream", "10.0.0.10", "--upstream", "[2001:db8::53]:5353"],
+            {},
+            {"upstream": (V10, Endpoint("2001:db8::53", 5353))},
+            id="upstream-repeated",
+        ),
+        pytest.param(["--upstream", "10.0.0.10", "--upstream", "10.0.0.10:53"], {}, {"upstream": (V10,)}, id="dedup"),
+        pytest.param(["--upstream", "none"], {}, {"upstream": ()}, id="upstream-none"),
+        pytest.param(["--upstream", "none", "--upstream", "None"], {}, {"upstream": ()}, id="none-twice"),
+        pytest.param([], {"GLOBALDNS_UPSTREAM": "10.0.0.10,10.0.0.11"}, {"upstream": (V10, V11)}, id="env-upstream"),
+        pytest.param([], {"GLOBALDNS_UPSTREAM": "none"}, {"upstream": ()}, id="env-upstream-none"),
+        pytest.param(
+            ["--upstream", "10.0.0.11"], {"GLOBALDNS_UPSTREAM": "10.0.0.10"}, {"upstream": (V11,)}, id="flag-wins"
+        ),
+        pytest.param(["--upstream-policy", "sequential"], {}, {"upstream_policy": "sequential"}, id="policy"),
+        pytest.param(
+            [], {"GLOBALDNS_UPSTREAM_POLICY": "sequential"}, {"upstream_policy": "sequential"}, id="env-policy"
+        ),
+        pytest.param(["--max-fails", "5"], {}, {"max_fails": 5}, id="max-fails"),
+        pytest.param([], {"GLOBALDNS_MAX_FAILS": "1"}, {"max_fails": 1}, id="env-max-fails"),
+        pytest.param(["--cache-size", "0"], {}, {"cache_size": 0}, id="cache-size-0"),
+        pytest.param([], {"GLOBALDNS_CACHE_SIZE": "50"}, {"cache_size": 50}, id="env-cache-size"),
+        pytest.param(
+            ["--allow", "10.0.0.0/8", "--allow", "2001:db8::/32"],
+            {},
+            {"allow": (config.parse_cidr("10.0.0.0/8"), config.parse_cidr("2001:db8::/32"))},
+            id="allow",
+        ),
+        pytest.param(
+            [], {"GLOBALDNS_ALLOW": "192.0.2.7"}, {"allow": (config.parse_cidr("192.0.2.7/32"),)}, id="env-allow"
+        ),
+    ],
+)
+def test_forwarding_flags(argv, environ, expected):
+    assert changed(serve(*argv, **environ)) == expected

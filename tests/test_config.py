@@ -25,7 +25,8 @@ def test_defaults():
     assert defaults.lameduck == 5.0
     assert defaults.log_level == "info"
     assert defaults.log_queries is False
-    assert (defaults.workers, defaults.worker, defaults.reuse_port) == (1, None, False)
+    assert defaults.workers == 1
+    assert not {"worker", "reuse_port"} & {field.name for field in dataclasses.fields(Config)}  # process plumbing
 
 
 def test_config_is_frozen():
@@ -173,3 +174,100 @@ def test_parse_workers_rejects(text):
 
 def test_config_error_is_a_globaldns_error():
     assert issubclass(ConfigError, GlobalDNSError)
+
+
+# --- resolv.conf --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("nameserver 10.0.0.10\n", [("10.0.0.10", 53)], id="one"),
+        pytest.param(
+            "nameserver 10.0.0.10\nnameserver 10.0.0.11\nnameserver 10.0.0.12\n",
+            [("10.0.0.10", 53), ("10.0.0.11", 53), ("10.0.0.12", 53)],
+            id="in-order",
+        ),
+        pytest.param("nameserver 2001:db8::53\n", [("2001:db8::53", 53)], id="ipv6"),
+        pytest.param("nameserver 2001:0db8:0::0053\n", [("2001:db8::53", 53)], id="ipv6-normalised"),
+        pytest.param("nameserver fe80::1%eth0\n", [("fe80::1", 53)], id="ipv6-scope-dropped"),
+        pytest.param(
+            "# generated\n; by hand\nsearch svc.cluster.local cluster.local\noptions ndots:5 timeout:1\n"
+            "nameserver 10.96.0.10\n",
+            [("10.96.0.10", 53)],
+            id="comments-search-options",
+        ),
+        pytest.param("#nameserver 10.0.0.1\n;nameserver 10.0.0.2\n", [], id="commented-out"),
+        pytest.param(
+            "  nameserver\t10.0.0.10   # primary\n", [("10.0.0.10", 53)], id="whitespace-and-trailing-comment"
+        ),
+        pytest.param("nameserver 10.0.0.10\nnameserver 10.0.0.10\n", [("10.0.0.10", 53)], id="duplicates-once"),
+        pytest.param("nameserver dns.example.com\nnameserver 10.0.0.10\n", [("10.0.0.10", 53)], id="name-skipped"),
+        pytest.param("nameserver\nnameserver 300.0.0.1\n", [], id="broken-lines-skipped"),
+        pytest.param("nameservers 10.0.0.1\nNAMESERVER 10.0.0.2\n", [], id="other-keywords"),
+        pytest.param("nameserver 10.0.0.10", [("10.0.0.10", 53)], id="no-final-newline"),
+        pytest.param("options edns0\n", [], id="no-nameserver"),
+        pytest.param("", [], id="empty"),
+    ],
+)
+def test_read_resolv_conf(tmp_path, text, expected):
+    path = tmp_path / "resolv.conf"
+    path.write_text(text)
+    assert config.read_resolv_conf(str(path)) == tuple(Endpoint(host, port) for host, port in expected)
+
+
+def test_read_resolv_conf_missing_file_is_empty(tmp_path):
+    assert config.read_resolv_conf(str(tmp_path / "missing")) == ()
+
+
+# --- --upstream values -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("10.0.0.10", Endpoint("10.0.0.10", 53), id="host"),
+        pytest.param(" 10.0.0.10 ", Endpoint("10.0.0.10", 53), id="host-spaces"),
+        pytest.param("10.0.0.10:5353", Endpoint("10.0.0.10", 5353), id="host-port"),
+        pytest.param("127.0.0.1:65535", Endpoint("127.0.0.1", 65535), id="port-65535"),
+        pytest.param("[2001:db8::53]:5353", Endpoint("2001:db8::53", 5353), id="ipv6-port"),
+        pytest.param("[2001:db8::53]", Endpoint("2001:db8::53", 53), id="ipv6-brackets"),
+        pytest.param("2001:db8::53", Endpoint("2001:db8::53", 53), id="bare-ipv6"),
+        pytest.param("2001:db8::1:53", Endpoint("2001:db8::1:53", 53), id="bare-ipv6-last-group-is-no-port"),
+        pytest.param("::1", Endpoint("::1", 53), id="bare-ipv6-loopback"),
+        pytest.param("localhost:5353", Endpoint("localhost", 5353), id="localhost"),
+        pytest.param("none", None, id="none"),
+        pytest.param("NONE", None, id="none-any-case"),
+        pytest.param(" none ", None, id="none-spaces"),
+    ],
+)
+def test_parse_upstream(text, expected):
+    assert config.parse_upstream(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("dns.example.com", id="hostname"),
+        pytest.param("dns.example.com:53", id="hostname-port"),
+        pytest.param("10.0.0.10:0", id="port-0"),
+        pytest.param("[::1]:0", id="ipv6-port-0"),
+        pytest.param("10.0.0.10:65536", id="port-too-big"),
+        pytest.param("10.0.0.10:", id="port-empty"),
+        pytest.param("10.0.0.10:dns", id="port-name"),
+        pytest.param("10.0.0.256", id="bad-ipv4"),
+        pytest.param("[2001:db8::53", id="unclosed-bracket"),
+        pytest.param("[::1]:", id="ipv6-port-empty"),
+        pytest.param("10.0.0.0/8", id="cidr"),
+        pytest.param("nonesuch", id="not-none"),
+        pytest.param(":53", id="empty-host"),
+        pytest.param("0.0.0.0", id="unspecified-ipv4"),
+        pytest.param("0.0.0.0:5353", id="unspecified-ipv4-port"),
+        pytest.param("::", id="unspecified-ipv6"),
+        pytest.param("[::]:53", id="unspecified-ipv6-port"),
+    ],
+)
+def test_parse_upstream_rejects(text):
+    with pytest.raises(ConfigError):
+        config.parse_upstream(text)

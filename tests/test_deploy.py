@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.conftest import ServerProcess
+from tests.processes import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

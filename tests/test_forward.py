@@ -1,12 +1,16 @@
 """Forwarder on a real uvloop loop against the scripted fake upstream: fresh IDs, reply validation, failover,
 per-try and overall deadlines, TC -> TCP, the TCP pool, max_fails and the `. NS` probe, close(); then the
 Resolver's forwarding rules that need a fake clock or a foreign client address (SERVFAIL cached 5 s, --allow).
+
+Where time matters the forwarder runs on a Clock the test moves: a timeout fires when the test says so, and
+"at once" means with no time passing at all, whatever the machine's load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import threading
 from collections.abc import Awaitable, Callable
@@ -22,10 +26,10 @@ import dns.rrset
 import pytest
 import uvloop
 
-from globaldns import forward, table, wire
+from globaldns import compiler, forward, wire
 from globaldns.cache import Cache
 from globaldns.config import DEFAULT_ALLOW, Endpoint
-from globaldns.errors import UpstreamError
+from globaldns.errors import ConfigError, UpstreamError
 from globaldns.forward import Forwarder
 from globaldns.resolver import Resolver
 from tests.fakes.upstream import (
@@ -41,38 +45,61 @@ from tests.fakes.upstream import (
     with_id,
     wrong_question,
 )
+from tests.helpers import CLIENT, Channel, Clock, query, wait_until
 
 TRY, DEADLINE, HEALTH = 0.2, 0.6, 0.05  # per try, overall, probe interval: short, so failures cost little
-MARGIN = 0.15  # scheduling slack on a busy CI machine
 NAME = "www.example.com"
 MANY = [f"192.0.2.{i}" for i in range(1, 61)]  # 60 A records: too big for 512 bytes
 T = TypeVar("T")
 
 
 def forwarder(*ports: int, **settings: object) -> Forwarder:
-    """Sequential by default, so tests know which upstream is asked first."""
+    """Sequential by default, so tests know which upstream is asked first; clock=Clock() to move time by hand."""
     options = {"policy": "sequential", "try_timeout": TRY, "deadline": DEADLINE, "health_interval": HEALTH}
     return Forwarder([Endpoint("127.0.0.1", port) for port in ports], **(options | settings))  # type: ignore[arg-type]
 
 
-def make(name: str = NAME, rdtype: str = "A", qid: int = 0x1234, **kwargs: object) -> tuple[bytes, int]:
+def make(name: str = NAME, rdtype: str = "A", qid: int = 0x1234) -> tuple[bytes, int]:
     """A client query's wire bytes and where its question ends."""
-    packet = dns.message.make_query(name, rdtype, id=qid, **kwargs).to_wire()  # type: ignore[arg-type]
-    return packet, wire.scan(packet).end
+    packet = query(name, rdtype, qid)
+    return packet, wire.recognise(packet).end
 
 
 async def exchange(pool: Forwarder, packet: bytes, end: int, tcp: bool) -> bytes:
-    """Forwarder.relay as an awaitable: the reply, or UpstreamError (a second report would raise here)."""
+    """Forwarder.relay as an awaitable: the reply, or UpstreamError (a second report would raise here); 10 s at
+    most (past every deadline here), so a forwarder that waits for a timer the test never fires fails the test
+    instead of hanging it."""
     future = asyncio.get_running_loop().create_future()
 
-    def done(reply: bytes | None, failure: str) -> None:
+    def done(reply: bytes | None, failure: UpstreamError | None) -> None:
         if reply is None:
-            future.set_exception(UpstreamError(failure))
+            future.set_exception(failure or AssertionError("no reply and no failure"))
         else:
             future.set_result(reply)
 
     pool.relay(packet, end, tcp, done)
-    return await future
+    return await asyncio.wait_for(future, 10)
+
+
+async def ticking(clock: Clock, exchanging: Awaitable[T], *upstreams: Upstream) -> tuple[T, list[float]]:
+    """Run an exchange with silent upstreams on a moved clock: each time one more query for NAME reaches them, the
+    pending timeouts are read and time moves to the first. The result and every try's timeout, in order."""
+    task = asyncio.ensure_future(exchanging)
+    timeouts: list[float] = []
+
+    already = sum(upstream.count(NAME) for upstream in upstreams)
+
+    def asked() -> int:
+        return sum(upstream.count(NAME) for upstream in upstreams) - already
+
+    while not task.done():
+        with contextlib.suppress(TimeoutError):
+            await wait_until(lambda: task.done() or asked() > len(timeouts), timeout=2)
+        if task.done() or asked() == len(timeouts):
+            break
+        timeouts.append(clock.fire_next())
+        await asyncio.sleep(0)
+    return await task, timeouts
 
 
 def run(pool: Forwarder, test: Callable[[Forwarder], Awaitable[T]]) -> T:
@@ -98,20 +125,6 @@ def catch_callback_errors() -> list[dict]:
 
 def open_files() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-async def timed(awaitable: Awaitable[T]) -> tuple[T, float]:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    result = await awaitable
-    return result, loop.time() - started
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Poll an event that happens on the loop or in the fake's thread; fail after timeout."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 def addresses(reply: bytes) -> list[str]:
@@ -185,9 +198,10 @@ def test_upstream_id_is_fresh_and_varies(tcp):
 def test_mismatched_udp_replies_are_ignored_and_the_real_one_used(script):
     with Upstream(script) as up:
         packet, end = make()
-        reply, elapsed = run(forwarder(up.port), lambda pool: timed(exchange(pool, packet, end, False)))
+        clock = Clock()
+        reply = run(forwarder(up.port, clock=clock), lambda pool: exchange(pool, packet, end, False))
     assert addresses(reply) == ["192.0.2.7"]
-    assert elapsed < TRY  # taken from the same try, not after a timeout
+    assert clock.now == 1000.0  # taken from the same try: no timeout had to pass
     assert up.count() == 1
 
 
@@ -290,13 +304,11 @@ def test_refused_fails_every_query_waiting_on_the_socket_at_once():
     async def test(pool: Forwarder) -> list[BaseException | bytes]:
         return await asyncio.gather(*(exchange(pool, p, e, False) for p, e in questions), return_exceptions=True)
 
-    async def timed_test(pool: Forwarder) -> tuple[list[BaseException | bytes], float]:
-        return await timed(test(pool))
-
-    outcomes, elapsed = run(forwarder(port, try_timeout=1.0, deadline=2.0), timed_test)
+    clock = Clock()
+    outcomes = run(forwarder(port, try_timeout=1.0, deadline=2.0, clock=clock), test)
     assert all(isinstance(outcome, UpstreamError) for outcome in outcomes)
     assert all("ConnectionRefusedError" in str(outcome) for outcome in outcomes)
-    assert elapsed < 0.5
+    assert clock.now == 1000.0  # no timeout had to pass
 
 
 # --- failover and deadlines -----------------------------------------------------------------------------------
@@ -306,24 +318,27 @@ def test_silent_upstream_times_out_after_the_per_try_timeout_then_the_next_answe
     with Upstream(lambda q, t: None) as silent, Upstream(lambda q, t: real(q)) as good:
         packet, end = make()
 
-        async def test(pool: Forwarder) -> tuple[bytes, float]:
-            result = await timed(exchange(pool, packet, end, False))
+        async def test(pool: Forwarder) -> tuple[bytes, list[float]]:
+            result = await ticking(clock, exchange(pool, packet, end, False), silent)
             assert (pool.upstreams[0].fails, pool.upstreams[1].fails) == (1, 0)
             return result
 
-        reply, elapsed = run(forwarder(silent.port, good.port), test)
+        clock = Clock()
+        reply, timeouts = run(forwarder(silent.port, good.port, clock=clock), test)
     assert addresses(reply) == ["192.0.2.7"]
-    assert TRY - 0.02 <= elapsed < TRY + MARGIN
+    assert timeouts == [TRY]  # the silent one had exactly its try's time
+    assert clock.now == pytest.approx(1000.0 + TRY)
     assert (silent.count(), good.count()) == (1, 1)
 
 
 def test_refused_upstream_fails_over_at_once():
     with Upstream(lambda q, t: real(q)) as good:
         packet, end = make()
-        pool = forwarder(dead_port(), good.port, try_timeout=1.0, deadline=3.0)
-        reply, elapsed = run(pool, lambda pool: timed(exchange(pool, packet, end, False)))
+        clock = Clock()
+        pool = forwarder(dead_port(), good.port, try_timeout=1.0, deadline=3.0, clock=clock)
+        reply = run(pool, lambda pool: exchange(pool, packet, end, False))
     assert addresses(reply) == ["192.0.2.7"]
-    assert elapsed < 0.3  # ICMP port unreachable on the connected socket, no 1 s wait
+    assert clock.now == 1000.0  # ICMP port unreachable on the connected socket: no 1 s wait
     assert good.count() == 1
 
 
@@ -331,15 +346,14 @@ def test_all_silent_raise_upstream_error_within_the_deadline():
     with Upstream(lambda q, t: None) as first, Upstream(lambda q, t: None) as second:
         packet, end = make()
 
-        async def test(pool: Forwarder) -> tuple[str, float]:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
+        async def test(pool: Forwarder) -> str:
             with pytest.raises(UpstreamError) as raised:
-                await exchange(pool, packet, end, False)
-            return str(raised.value), loop.time() - started
+                await ticking(clock, exchange(pool, packet, end, False), first, second)
+            return str(raised.value)
 
-        message, elapsed = run(forwarder(first.port, second.port), test)
-    assert DEADLINE - 0.02 <= elapsed <= DEADLINE + MARGIN
+        clock = Clock()
+        message = run(forwarder(first.port, second.port, clock=clock), test)
+    assert clock.now == pytest.approx(1000.0 + DEADLINE)  # three tries of TRY each, then the deadline
     assert f"127.0.0.1:{first.port}: TimeoutError" in message
     assert (first.count(NAME), second.count(NAME)) == (2, 1)  # failed over, then round again (not `. NS` probes)
 
@@ -359,21 +373,34 @@ def test_no_try_is_made_with_less_than_a_clock_tick_left():
     assert up.count() == 0
 
 
+def test_the_last_try_ends_at_the_deadline_and_the_next_gets_none_with_less_than_a_tick_left():
+    with Upstream(lambda q, t: None) as silent, Upstream() as good:
+        packet, end = make()
+
+        async def test(pool: Forwarder) -> list[float]:
+            with pytest.raises(UpstreamError, match="TimeoutError"):
+                await ticking(clock, exchange(pool, packet, end, False), silent)
+            return [upstream.fails for upstream in pool.upstreams]
+
+        clock = Clock()
+        fails = run(forwarder(silent.port, good.port, deadline=TRY + 0.0005, clock=clock), test)
+    assert fails == [1, 0]  # no try, and no failure counted, for the second with 0.5 ms left
+    assert good.count() == 0
+
+
 def test_all_refused_raise_upstream_error_quickly_naming_each_upstream_once():
     ports = (dead_port(), dead_port())
     packet, end = make()
 
-    async def test(pool: Forwarder) -> tuple[str, float]:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    async def test(pool: Forwarder) -> str:
         with pytest.raises(UpstreamError) as raised:
             await exchange(pool, packet, end, False)
-        elapsed = loop.time() - started
         assert all(upstream.down for upstream in pool.upstreams)  # max_fails reached on the way
-        return str(raised.value), elapsed
+        return str(raised.value)
 
-    message, elapsed = run(forwarder(*ports, try_timeout=1.0, deadline=3.0), test)
-    assert elapsed < 0.5  # once every upstream is down and has had its try: no spinning until the deadline
+    clock = Clock()
+    message = run(forwarder(*ports, try_timeout=1.0, deadline=3.0, clock=clock), test)
+    assert clock.now == 1000.0  # once every upstream is down and has had its try: no spinning until the deadline
     for port in ports:
         assert message.count(f"127.0.0.1:{port}: ConnectionRefusedError") == 1
 
@@ -429,9 +456,10 @@ def test_pooled_connection_closed_by_the_upstream_is_replaced():
 def test_tcp_upstream_that_closes_without_a_reply_fails_over():
     with Upstream(lambda q, t: Close()) as closer, Upstream(lambda q, t: real(q)) as good:
         packet, end = make()
-        reply, elapsed = run(forwarder(closer.port, good.port), lambda pool: timed(exchange(pool, packet, end, True)))
+        clock = Clock()
+        reply = run(forwarder(closer.port, good.port, clock=clock), lambda pool: exchange(pool, packet, end, True))
     assert addresses(reply) == ["192.0.2.7"]
-    assert elapsed < TRY
+    assert clock.now == 1000.0  # the closed connection failed over at once, no timeout
     assert good.count(transport="tcp") == 1
 
 
@@ -481,23 +509,29 @@ def test_max_fails_marks_down_probe_brings_back():
         async def test(pool: Forwarder) -> None:
             upstream = pool.upstreams[0]
             for fails in (1, 2):
-                assert addresses(await exchange(pool, packet, end, False)) == ["192.0.2.1"]  # from the second
-                assert upstream.fails == fails
+                reply, timeouts = await ticking(clock, exchange(pool, packet, end, False), first)
+                assert addresses(reply) == ["192.0.2.1"]  # from the second, after the first's try
+                assert (upstream.fails, timeouts) == (fails, [TRY])
             assert upstream.down
             assert isinstance(upstream.probe, asyncio.Task) and not upstream.probe.done()
-            asked = first.count(NAME)
-            _, elapsed = await timed(exchange(pool, packet, end, False))
-            assert elapsed < TRY  # the down one is tried last: no timeout spent on it
+            asked, before = first.count(NAME), clock.now
+            await exchange(pool, packet, end, False)
+            assert clock.now == before  # the down one is tried last: no timeout spent on it
             assert first.count(NAME) == asked == 2
             await wait_until(lambda: any(is_probe(query) for _, query in first.queries))
             assert upstream.down  # the probe went unanswered
             broken.clear()
-            await wait_until(lambda: upstream.probe is None)
+            async with asyncio.timeout(3):
+                while upstream.probe is not None:  # its try times out, it waits, it asks again: answered now
+                    clock.advance(HEALTH)
+                    await asyncio.sleep(0.01)
+            assert upstream.healthcheck_failures >= 1
             assert (upstream.fails, upstream.down) == (0, False)
             await exchange(pool, packet, end, False)
             assert first.count(NAME) == 3  # first again
 
-        run(forwarder(first.port, second.port, max_fails=2), test)
+        clock = Clock()
+        run(forwarder(first.port, second.port, max_fails=2, clock=clock), test)
     probes = [query for _, query in first.queries if is_probe(query)]
     assert probes and all(query.flags & dns.flags.RD for query in probes)
     assert second.count(".", "NS") == 0  # only the down one is probed
@@ -541,30 +575,13 @@ def test_close_cancels_probes():
 
 # --- the resolver's forwarding rules that need a fake clock or a foreign client -------------------------------
 
-CLIENT = ("127.0.0.1", 40000)
 OUTSIDE = ("192.0.2.50", 40000)  # not in DEFAULT_ALLOW
-
-
-class Collect:
-    """A UDP channel that keeps what the resolver sends later."""
-
-    tcp = False
-    counters = None
-
-    def __init__(self) -> None:
-        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def send(self, reply: bytes, addr: object) -> None:
-        self.replies.put_nowait(reply)
-
-    async def next(self) -> dns.message.Message:
-        return dns.message.from_wire(await asyncio.wait_for(self.replies.get(), 2))
 
 
 def run_resolver(pool: Forwarder, clock: Callable[[], float], test: Callable[[Resolver], Awaitable[None]]) -> None:
     async def main() -> None:
         errors = catch_callback_errors()
-        zone = table.compile((), ["global"], ttl=30, serial=1, recursion=True)
+        zone = compiler.compile((), ["global"], ttl=30, serial=1, recursion=True)
         resolver = Resolver(zone, pool, Cache(100, clock=clock), DEFAULT_ALLOW)
         try:
             await test(resolver)
@@ -585,7 +602,7 @@ def test_servfail_is_cached_for_5_seconds_never_nxdomain(script):
         packet, _ = make(qid=0x4321)
 
         async def test(resolver: Resolver) -> None:
-            channel = Collect()
+            channel = Channel()
             assert resolver.answer(packet, CLIENT, channel) is None  # forwarded
             first = await channel.next()
             assert (first.rcode(), first.id) == (dns.rcode.SERVFAIL, 0x4321)
@@ -607,18 +624,18 @@ def test_a_bug_answering_one_waiting_client_is_its_servfail_and_the_others_get_t
     class Broken(Resolver):
         __slots__ = ()
 
-        def _splice(self, query: bytes, *args: object) -> bytes:
-            if query[:2] == b"\x00\x01":
+        def _splice(self, query: wire.Query, found: wire.Answer) -> bytes:
+            if query.packet[:2] == b"\x00\x01":
                 raise RuntimeError("a bug")
-            return Resolver._splice(self, query, *args)  # type: ignore[arg-type]
+            return Resolver._splice(self, query, found)
 
     async def main() -> None:
         errors = catch_callback_errors()
-        zone = table.compile((), ["global"], ttl=30, serial=1, recursion=True)
+        zone = compiler.compile((), ["global"], ttl=30, serial=1, recursion=True)
         with Upstream() as up:
             resolver = Broken(zone, forwarder(up.port), Cache(100), DEFAULT_ALLOW)
             try:
-                first, second = Collect(), Collect()
+                first, second = Channel(), Channel()
                 assert resolver.answer(make(qid=1)[0], CLIENT, first) is None
                 assert resolver.answer(make(qid=2)[0], CLIENT, second) is None  # waits for the same answer
                 broken, answered = await first.next(), await second.next()
@@ -639,7 +656,7 @@ def test_cached_answer_is_refused_to_a_client_outside_allow():
         packet, _ = make()
 
         async def test(resolver: Resolver) -> None:
-            channel = Collect()
+            channel = Channel()
             assert resolver.answer(packet, CLIENT, channel) is None
             assert (await channel.next()).rcode() == dns.rcode.NOERROR
             assert resolver.answer(packet, CLIENT, channel) is not None  # cached now, on the hot path
@@ -650,3 +667,17 @@ def test_cached_answer_is_refused_to_a_client_outside_allow():
 
         run_resolver(forwarder(up.port), lambda: 0.0, test)
     assert up.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("upstreams", "policy", "message"),
+    [
+        pytest.param((), "random", "at least one upstream", id="no-upstream"),
+        pytest.param(
+            (Endpoint("127.0.0.1", 53),), "fastest", "'fastest' is not one of random, sequential", id="policy"
+        ),
+    ],
+)
+def test_bad_settings_are_config_errors_that_say_what_is_wrong(upstreams, policy, message):
+    with pytest.raises(ConfigError, match=message):
+        Forwarder(upstreams, policy=policy)

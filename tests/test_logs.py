@@ -11,7 +11,6 @@ import re
 import socket
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -19,10 +18,10 @@ from types import SimpleNamespace
 import dns.message
 import pytest
 
-from globaldns import logs, table
+from globaldns import compiler, logs
 from globaldns.resolver import Resolver
 from tests.fakes.upstream import Upstream
-from tests.integration.conftest import EXAMPLES, ServerProcess
+from tests.processes import EXAMPLES, ServerProcess
 
 FORMERR_QUERY = b"\x12\x34\x01\x00\x00\x02\x00\x00\x00\x00\x00\x00"  # QDCOUNT 2
 NOTIMP_QUERY = b"\x12\x35\x28\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06global\x00\x00\x01\x00\x01"  # opcode UPDATE
@@ -46,14 +45,6 @@ def far_timezone() -> Iterator[None]:
         time.tzset()
         yield
     time.tzset()
-
-
-@pytest.fixture
-def warned(monkeypatch: pytest.MonkeyPatch) -> OrderedDict[str, None]:
-    """A fresh warn_once memory, so other tests' warnings do not count as seen."""
-    fresh: OrderedDict[str, None] = OrderedDict()
-    monkeypatch.setattr(logs, "_WARNED", fresh)
-    return fresh
 
 
 def utc_seconds_ago(text: str, pattern: str) -> float:
@@ -121,7 +112,10 @@ def test_server_logs_json_with_log_format_json():
         server.stop()
     assert all(set(record) == {"time", "level", "logger", "message"} for record in records)
     messages = [(record["level"], record["logger"], record["message"]) for record in records]
-    assert ("info", "globaldns", f"serving DNS on 127.0.0.1:{server.port} (udp, tcp), zones global") in messages
+    start = f"serving DNS on 127.0.0.1:{server.port} (udp, tcp), zones global from files {EXAMPLES}; forwarding off"
+    assert any(
+        level == "info" and logger == "globaldns" and message.startswith(start) for level, logger, message in messages
+    )
     assert any(
         level == "warning" and message.startswith("conflict: host payments.billing.global")
         for level, _, message in messages
@@ -194,7 +188,7 @@ def test_log_queries_writes_one_coredns_line_per_answer():
 
 
 def test_no_query_lines_without_log_queries(root_logger, caplog):
-    answering = Resolver(table.compile((), ["global"], ttl=30, serial=1))
+    answering = Resolver(compiler.compile((), ["global"], ttl=30, serial=1))
     caplog.set_level(logging.DEBUG)
     reply = answering.answer(
         make("nope.global", "A", 1), ("127.0.0.1", 5353), SimpleNamespace(tcp=False, counters=None)
@@ -237,7 +231,7 @@ def test_warn_once_remembers_a_bounded_set_of_recent_keys(warned, caplog):
 
 
 def test_malformed_queries_warn_once_per_kind(warned, caplog):
-    answering = Resolver(table.compile((), ["global"], ttl=30, serial=1))
+    answering = Resolver(compiler.compile((), ["global"], ttl=30, serial=1))
     channel = SimpleNamespace(tcp=False, counters=None)
     caplog.set_level(logging.DEBUG, logger="globaldns.resolver")
     for query in (FORMERR_QUERY, FORMERR_QUERY, NOTIMP_QUERY, FORMERR_QUERY, NOTIMP_QUERY):

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
-import sys
-import threading
 from types import SimpleNamespace
 
 import dns.message
@@ -18,28 +16,16 @@ import pytest
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from globaldns import cache, resolver, table, wire
+from globaldns import cache, compiler, resolver, table, wire
 from globaldns.config import Endpoint
 from globaldns.forward import Forwarder
-from globaldns.metrics import (
-    PLUGIN,
-    TIME_BUCKETS,
-    TYPE_LABELS,
-    TYPE_SLOT,
-    Counters,
-    DNSCollector,
-    Outcomes,
-    merge,
-    outcome,
-    server_label,
-    tally,
-    untally,
-)
+from globaldns.metrics import DNSCollector, Readings, merge
 from globaldns.server import Server
 from globaldns.sources import SourceStats
+from globaldns.telemetry import PLUGIN, Counters, outcome
 from tests.fakes.upstream import Upstream
-from tests.integration.conftest import exchange
-from tests.test_server import ManualSource, http_get, run_server
+from tests.helpers import ManualSource, http_get, run_server
+from tests.processes import exchange
 
 S = "dns://:53"
 TIME_LE = ["0.00025", "0.0005", "0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256",
@@ -51,62 +37,27 @@ COREDNS_TYPES = {1: "A", 28: "AAAA", 5: "CNAME", 48: "DNSKEY", 43: "DS", 15: "MX
 
 
 def registry_of(*counters: Counters, answers: resolver.Resolver | None = None) -> CollectorRegistry:
-    """A registry whose DNSCollector reads these counters (and this resolver), like a server's."""
-    server = SimpleNamespace(
-        counters=list(counters),
-        resolver=answers or resolver.Resolver(table.compile((), ["global"], ttl=30, serial=1)),
-        server_labels=[S],
-        snapshot=None,
-        source=SimpleNamespace(name="manual", stats=SourceStats()),
+    """A registry whose DNSCollector reads these counters and this resolver's parts, as a server's does."""
+    answering = answers or resolver.Resolver(compiler.compile((), ["global"], ttl=30, serial=1))
+    forwarder = answering.forwarder
+    readings = Readings(
+        server=lambda: S,
+        listeners=lambda: counters,
+        resolver=answering.stats,
+        cache=answering.cache.stats,
+        ready=answering.ready.stats,
+        forward=forwarder.stats if forwarder is not None else lambda: None,
+        table=answering.table.stats,
+        serviceentries=lambda: (0, 0),
+        source_name="manual",
+        source=SourceStats,
     )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DNSCollector(server))  # type: ignore[arg-type]
+    registry.register(DNSCollector(readings))
     return registry
 
 
-# -- outcomes --------------------------------------------------------------------------------------------------
-
-
-def test_outcomes_intern_each_tuple_once():
-    outcomes = Outcomes()
-    noerror = outcomes("global.", wire.NOERROR, "globaldns")
-    nxdomain = outcomes("global.", wire.NXDOMAIN, "globaldns")
-    cached = outcomes(".", wire.NOERROR, "cache")
-    assert outcomes("global.", wire.NOERROR, "globaldns") == noerror
-    assert len({noerror, nxdomain, cached}) == 3
-    assert outcomes.labels == [("global.", "NOERROR", "globaldns"), ("global.", "NXDOMAIN", "globaldns"),
-                               (".", "NOERROR", "cache")]  # fmt: skip
-    assert outcomes.labels[outcomes("dropped", 23, "")] == ("dropped", "23", "")  # an rcode without a name
-
-
-def test_outcomes_interned_from_many_threads_agree():
-    outcomes = Outcomes()
-    keys = [(f"z{i % 7}.", i % 6, f"p{i % 5}") for i in range(210)]  # 210 distinct (7, 6, 5 are coprime)
-    results: list[dict] = [{} for _ in range(8)]
-    barrier = threading.Barrier(8)
-
-    def intern(n: int) -> None:
-        order = keys[n * 26 :] + keys[: n * 26]  # each thread starts elsewhere, so new keys race
-        barrier.wait()
-        results[n] = {key: outcomes(*key) for key in order}
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=intern, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
-    assert all(result == results[0] for result in results)
-    assert sorted(results[0].values()) == list(range(210))
-    for (zone, rcode, plugin), index in results[0].items():
-        assert outcomes.labels[index] == (zone, wire.RCODE_NAMES[rcode], plugin)
-
-
-# -- time buckets ----------------------------------------------------------------------------------------------
+# -- buckets and series, as scraped ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -142,7 +93,7 @@ def test_duration_buckets_are_inclusive_upper_bounds(nanoseconds: int, le: str):
 
 def test_the_resolvers_inlined_count_buckets_alike(monkeypatch):
     """The hot path inlines Counters.count: a zone answer taking exactly 0.25 ms is in le=0.00025, not above."""
-    answers = resolver.Resolver(table.compile((), ["global"], ttl=30, serial=1))
+    answers = resolver.Resolver(compiler.compile((), ["global"], ttl=30, serial=1))
     counters = Counters(S, "udp", 1)
     clock = iter([1_000_000, 1_250_000, 2_000_000, 2_250_001])
     monkeypatch.setattr(resolver, "perf_counter_ns", clock.__next__)
@@ -164,45 +115,14 @@ def test_the_resolvers_inlined_count_buckets_alike(monkeypatch):
 )  # fmt: skip
 def test_proxy_duration_buckets_are_inclusive_upper_bounds(seconds: float, le: str):
     forwarder = Forwarder([Endpoint("192.0.2.53", 53)])
-    forwarder.upstreams[0].observe(wire.NOERROR, seconds)
-    registry = registry_of(answers=resolver.Resolver(table.compile((), ["global"], ttl=30, serial=1), forwarder))
+    forwarder.upstreams[0].durations.observe(wire.NOERROR, seconds)
+    registry = registry_of(answers=resolver.Resolver(compiler.compile((), ["global"], ttl=30, serial=1), forwarder))
     series = {"proxy_name": "forward", "to": "192.0.2.53:53", "rcode": "NOERROR"}
     name = "coredns_proxy_request_duration_seconds_bucket"
     buckets = [registry.get_sample_value(name, series | {"le": bound}) for bound in TIME_LE]
     first = TIME_LE.index(le)
     assert buckets == [0.0] * first + [1.0] * (len(TIME_LE) - first)
     assert registry.get_sample_value("coredns_proxy_request_duration_seconds_sum", series) == seconds
-
-
-def test_time_buckets_are_corednss():
-    assert [repr(bound) for bound in TIME_BUCKETS] == TIME_LE[:-1]
-
-
-# -- type slots and server labels ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("code", "name"), sorted(COREDNS_TYPES.items()), ids=sorted(COREDNS_TYPES.values()))
-def test_coredns_types_are_counted_by_name(code: int, name: str):
-    assert TYPE_LABELS[TYPE_SLOT[code]] == name
-
-
-@pytest.mark.parametrize("code", [0, 35, 41, 64, 99, 257, 32768, 65535], ids=lambda code: f"TYPE{code}")
-def test_other_types_are_other(code: int):
-    assert TYPE_LABELS[TYPE_SLOT[code]] == "other"
-
-
-def test_only_corednss_types_have_a_slot_of_their_own():
-    assert {code for code in range(65536) if TYPE_SLOT[code]} == set(COREDNS_TYPES)
-    assert len(set(TYPE_LABELS)) == len(TYPE_LABELS) == len(COREDNS_TYPES) + 1
-
-
-@pytest.mark.parametrize(
-    ("result", "do", "qtype", "asked", "reply", "bucket"),
-    [(0, False, 0, 0, 0, 0), (5, True, 28, 40, 56, 3), (10_000, True, 255, 65_535, 65_537, len(TIME_BUCKETS))],
-)
-def test_a_tally_keeps_every_field(result, do, qtype, asked, reply, bucket):
-    key = tally(result, qtype, asked, reply, do) + bucket
-    assert untally(key) == (result, do, TYPE_SLOT[qtype], asked, reply, bucket)
 
 
 def test_an_unlisted_type_is_counted_as_other():
@@ -237,21 +157,6 @@ def test_identical_replies_share_a_key_and_count_every_byte_and_do_bit():
     )
 
 
-@pytest.mark.parametrize(
-    ("host", "port", "label"),
-    [
-        ("0.0.0.0", 53, "dns://:53"),
-        ("::", 53, "dns://:53"),
-        ("127.0.0.1", 1053, "dns://127.0.0.1:1053"),
-        ("10.1.2.3", 53, "dns://10.1.2.3:53"),
-        ("::1", 53, "dns://[::1]:53"),
-        ("fd00::53", 5353, "dns://[fd00::53]:5353"),
-    ],
-)
-def test_server_label(host: str, port: int, label: str):
-    assert server_label(host, port) == label
-
-
 # -- a resolver and a live server ------------------------------------------------------------------------------
 
 
@@ -270,13 +175,13 @@ def test_a_client_outside_allow_is_refused_under_the_root_zone_without_a_cache_h
     )
     forwarder = Forwarder([Endpoint("192.0.2.53", 53)])
     allow = [ipaddress.ip_network("10.0.0.0/8")]
-    answering = resolver.Resolver(table.compile((), ["global"], ttl=30, serial=1), forwarder, answers, allow)
+    answering = resolver.Resolver(compiler.compile((), ["global"], ttl=30, serial=1), forwarder, answers, allow)
     counters = Counters(S, "udp", 1)
     channel = SimpleNamespace(tcp=False, counters=counters)
     query = dns.message.make_query("example.com", "A").to_wire()
     refused = answering.answer(query, ("127.0.0.1", 5353), channel)
     assert refused is not None and refused[3] & 0xF == wire.REFUSED
-    assert answers.hits_success == 0
+    assert answers.stats().hits_success == 0
     served = answering.answer(query, ("10.1.2.3", 5353), channel)
     assert served is not None and dns.message.from_wire(served).answer[0][0].address == "192.0.2.1"
     value = registry_of(counters, answers=answering).get_sample_value
@@ -360,7 +265,7 @@ class BrokenTable(table.Table):
 
     __slots__ = ()
 
-    def find(self, name: bytes, qtype: int) -> table.Answer | None:
+    def search(self, name: bytes, qtype: int) -> wire.Answer | None:
         raise RuntimeError("table bug")
 
 
@@ -372,9 +277,9 @@ def test_an_exception_while_answering_is_servfail_and_a_panic():
         fields = {field.name: getattr(compiled, field.name) for field in dataclasses.fields(compiled)}
         server.resolver.table = BrokenTable(**fields)
         for tcp in (False, True):
-            _, reply = await send(server, "nope.global", tcp=tcp)  # find() raises
+            _, reply = await send(server, "nope.global", tcp=tcp)  # search() raises
             assert dns.message.from_wire(reply).rcode() == dns.rcode.SERVFAIL
-        _, reply = await send(server, "httpbin.bar.global")  # exact names never reach find(): still served
+        _, reply = await send(server, "httpbin.bar.global")  # exact names never reach search(): still served
         assert dns.message.from_wire(reply).rcode() == dns.rcode.NOERROR
         label = f"dns://127.0.0.1:{server.dns_ports[0]}"
         value = server.registry.get_sample_value

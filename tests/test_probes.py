@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import json
 import re
 import socket
 
 import pytest
 import uvloop
 
+from globaldns import compiler, probes
 from globaldns.config import Config, Endpoint
-from globaldns.probes import Answer, bound_port, fetch, serve_endpoints, serve_http, text
+from globaldns.probes import Answer, bound_port, describe, fetch, serve_endpoints, serve_http, table_json, text
+from tests.helpers import entry
 
 LOOPBACK = Endpoint("127.0.0.1", 0)
 
@@ -72,14 +74,21 @@ def test_endpoints_share_a_port_only_when_flags_name_the_same_address():
     uvloop.run(main())
 
 
-def test_an_endpoint_that_cannot_bind_is_named_and_the_ones_bound_before_are_closed(caplog):
-    caplog.set_level(logging.INFO, logger="globaldns.probes")
+def test_an_endpoint_that_cannot_bind_is_named_and_the_ones_bound_before_are_closed(monkeypatch):
+    bound: list[int] = []
+
+    async def recorded(endpoint: Endpoint, routes: dict) -> asyncio.Server:
+        server = await serve_http(endpoint, routes)
+        bound.append(bound_port(server))
+        return server
+
+    monkeypatch.setattr(probes, "serve_http", recorded)
 
     async def main(busy: Endpoint) -> tuple[str, int]:
         try:
             await serve_endpoints(Config(health=LOOPBACK, ready=busy), *[lambda: text(200, "")] * 3)
         except OSError as error:
-            [health] = [int(m[1]) for r in caplog.records if (m := re.match(r"health on .*:(\d+)/", r.message))]
+            [health] = bound
             try:
                 return str(error), (await fetch(health, "/health", 1))[0]
             except ConnectionRefusedError:
@@ -93,3 +102,25 @@ def test_an_endpoint_that_cannot_bind_is_named_and_the_ones_bound_before_are_clo
         message, status = uvloop.run(main(busy))
     assert re.match(f"--ready 127.0.0.1:{busy.port}: .*(?i:address already in use)", message), message
     assert status == 0  # connection refused: the --health server bound first was closed
+
+
+@pytest.mark.parametrize("metrics", [Endpoint("127.0.0.1", 0), None], ids=["metrics", "metrics-none"])
+def test_describe_says_where_each_endpoint_is_for_the_start_up_line(metrics):
+    config = Config(health=Endpoint("0.0.0.0", 8080), ready=Endpoint("::1", 0), metrics=metrics)
+    ports = {"--health": 8080, "--ready": 4181, "--metrics": 9153}
+    line = describe(config, ports)
+    expected = "health on http://0.0.0.0:8080/health, ready on http://[::1]:4181/ready"
+    assert line == (expected + ", metrics on http://127.0.0.1:9153/metrics and /table" if metrics else expected)
+
+
+def test_table_json_says_for_each_name_its_addresses_and_where_they_come_from():
+    compiled = compiler.compile(
+        [entry(["b.global", "a.global"], ["240.0.0.2", "2001:db8::2"], name="x")], ["global"], ttl=30, serial=1
+    )
+    status, kind, body = table_json(compiled.hosts)
+    assert (status, kind) == (200, "application/json")
+    assert json.loads(body) == {
+        name: {"addresses": ["240.0.0.2", "2001:db8::2"], "from": "spec", "serviceentry": "foo/x", "origin": ""}
+        for name in ("a.global", "b.global")
+    }
+    assert list(json.loads(body)) == ["a.global", "b.global"]  # sorted

@@ -1,4 +1,5 @@
-"""Resolver: the hot path and the slow path answer alike; headers, EDNS, truncation, guards, and no exceptions."""
+"""Resolver: one pipeline whatever shape a query has; ready replies; headers, EDNS, truncation, guards, and no
+exceptions."""
 
 from __future__ import annotations
 
@@ -10,59 +11,35 @@ import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
+import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from globaldns import metrics, table, wire
-from globaldns import resolver as resolver_module
+from globaldns import compiler, ready, table, wire
+from globaldns.compiler import Compiler
 from globaldns.resolver import QueryLoggingResolver, Resolver
-from globaldns.serviceentry import ServiceEntry
+from globaldns.telemetry import Counters
+from tests.helpers import entry
+from tests.helpers import query as make
 
 ADDR = ("127.0.0.1", 5353)
 UDP = SimpleNamespace(tcp=False, counters=None)
 TCP = SimpleNamespace(tcp=True, counters=None)
 MANY = [f"10.0.0.{i}" for i in range(1, 61)]
-
-
-def entry(name: str, hosts: list[str], addresses: list[str]) -> ServiceEntry:
-    return ServiceEntry.from_dict(
-        {
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "ServiceEntry",
-            "metadata": {"name": name, "namespace": "test"},
-            "spec": {"hosts": hosts, "addresses": addresses},
-        }
-    )
-
-
 ENTRIES = [
-    entry("httpbin", ["httpbin.bar.global"], ["240.0.0.2", "2001:db8::2"]),
-    entry("v4only", ["v4only.global"], ["240.0.0.3"]),
-    entry("many", ["many.global"], MANY),
-    entry("two", ["two.global"], ["240.0.0.4", "240.0.0.5"]),
-    entry("wild", ["*.wild.global"], ["240.0.0.9"]),
+    entry(["httpbin.bar.global"], ["240.0.0.2", "2001:db8::2"], name="httpbin", namespace="test"),
+    entry(["v4only.global"], ["240.0.0.3"], name="v4only", namespace="test"),
+    entry(["many.global"], MANY, name="many", namespace="test"),
+    entry(["two.global"], ["240.0.0.4", "240.0.0.5"], name="two", namespace="test"),
+    entry(["*.wild.global"], ["240.0.0.9"], name="wild", namespace="test"),
 ]
 
 
 def new_resolver() -> Resolver:
-    return Resolver(table.compile(ENTRIES, ["global"], ttl=30, serial=1))
-
-
-class SpyResolver(Resolver):
-    """Counts how often the slow path runs."""
-
-    __slots__ = ("slow",)
-
-    def __init__(self, compiled: table.Table) -> None:
-        super().__init__(compiled)
-        self.slow = 0
-
-    def _slow(self, query, addr, channel, started):
-        self.slow += 1
-        return super()._slow(query, addr, channel, started)
+    return Resolver(compiler.compile(ENTRIES, ["global"], ttl=30, serial=1))
 
 
 @pytest.fixture
@@ -70,11 +47,18 @@ def resolver() -> Resolver:
     return new_resolver()
 
 
-def make(name: str, rdtype: str = "A", qid: int = 0x1234, rd: bool = True, cd: bool = False, **edns) -> bytes:
-    message = dns.message.make_query(name, rdtype, **edns)
-    message.id = qid
-    message.flags = (dns.flags.RD if rd else 0) | (dns.flags.CD if cd else 0)
-    return message.to_wire()
+@pytest.fixture
+def scans(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every packet the full scan reads (the shapes resolvers send are read by index)."""
+    scanned: list[bytes] = []
+    scan = wire._scan
+
+    def counted(packet, *args):
+        scanned.append(packet)
+        return scan(packet, *args)
+
+    monkeypatch.setattr(wire, "_scan", counted)
+    return scanned
 
 
 def with_extra_record(packet: bytes) -> bytes:
@@ -90,7 +74,7 @@ def with_opt_not_last(packet: bytes) -> bytes:
 
 
 def question_end(packet: bytes) -> int:
-    return wire.scan(packet).end
+    return wire.recognise(packet).end
 
 
 def parse(reply: bytes | None) -> dns.message.Message:
@@ -116,7 +100,7 @@ QUESTIONS = [
 ]
 
 
-# -- fast path == slow path -------------------------------------------------------------------------------------
+# -- one pipeline, whatever the shape: read by index or in full, a query gets the same answer --------------------
 
 
 @pytest.mark.parametrize(("name", "rdtype"), QUESTIONS)
@@ -129,24 +113,24 @@ QUESTIONS = [
     ],
 )
 @pytest.mark.parametrize("channel", [UDP, TCP], ids=["udp", "tcp"])
-def test_fast_and_slow_paths_answer_alike(name, rdtype, edns, variant, channel):
+def test_queries_read_in_full_answer_like_those_read_by_index(name, rdtype, edns, variant, channel, scans):
     plain = make(name, rdtype, **edns)
     other = variant(plain)
-    fast, slow = SpyResolver(new_resolver().table), SpyResolver(new_resolver().table)
-    reply = fast.answer(plain, ADDR, channel)
-    assert slow.answer(other, ADDR, channel) == reply
-    assert slow.slow == 1
+    reply = new_resolver().answer(plain, ADDR, channel)
+    assert scans == []
+    assert new_resolver().answer(other, ADDR, channel) == reply
+    assert scans == [other]
     parse(reply)
 
 
 @pytest.mark.parametrize(
     ("name", "rdtype"), [("httpbin.bar.global.", "A"), ("HTTPBIN.bar.global.", "AAAA"), ("global.", "SOA")]
 )
-def test_exact_names_take_the_fast_path(name, rdtype):
-    spy = SpyResolver(new_resolver().table)
-    spy.answer(make(name, rdtype), ADDR, UDP)
-    spy.answer(make(name, rdtype, use_edns=0, want_dnssec=True), ADDR, UDP)
-    assert spy.slow == 0
+def test_exact_names_are_read_by_index(name, rdtype, scans):
+    resolver = new_resolver()
+    resolver.answer(make(name, rdtype), ADDR, UDP)
+    resolver.answer(make(name, rdtype, use_edns=0, want_dnssec=True), ADDR, UDP)
+    assert scans == []
 
 
 @pytest.mark.parametrize(("name", "rdtype"), QUESTIONS)
@@ -169,9 +153,9 @@ class SpliceCounter(Resolver):
         super().__init__(compiled)
         self.spliced = 0
 
-    def _splice(self, *args):
+    def _splice(self, query, found):
         self.spliced += 1
-        return super()._splice(*args)
+        return super()._splice(query, found)
 
 
 @pytest.mark.parametrize(("name", "rdtype"), QUESTIONS)
@@ -183,9 +167,9 @@ def test_a_repeated_query_gets_what_the_table_would_answer(name, rdtype, edns, c
     remembering, forgetting = SpliceCounter(new_resolver().table), SpliceCounter(new_resolver().table)
     for qid in (1, 2, 3, 4, 0xFFFF):
         query = make(name, rdtype, qid=qid, **edns)
-        forgetting.use(forgetting.table)  # every query as if it were the first
+        forgetting.ready.clear()  # every query as if it were the first
         assert remembering.answer(query, ADDR, channel) == forgetting.answer(query, ADDR, channel)
-    # more addresses than KNOWN_ROTATIONS: spliced each time; everything else twice (remembered at the second)
+    # more addresses than ready.ROTATIONS: spliced each time; everything else twice (kept at the second)
     assert remembering.spliced == (5 if name == "many.global." else 2)
 
 
@@ -197,8 +181,8 @@ def test_remembered_replies_keep_rotating(resolver):
 def test_a_new_table_is_answered_at_once(resolver):
     query = make("v4only.global.")
     assert [r.address for r in parse(resolver.answer(query, ADDR, UDP)).answer[0]] == ["240.0.0.3"]
-    moved = [e for e in ENTRIES if e.name != "v4only"] + [entry("v4only", ["v4only.global"], ["240.0.0.33"])]
-    resolver.use(table.compile(moved, ["global"], ttl=30, serial=2))
+    moved = [e for e in ENTRIES if e.name != "v4only"] + [entry(["v4only.global"], ["240.0.0.33"], name="v4only")]
+    resolver.use(compiler.compile(moved, ["global"], ttl=30, serial=2))
     assert [r.address for r in parse(resolver.answer(query, ADDR, UDP)).answer[0]] == ["240.0.0.33"]
 
 
@@ -206,7 +190,7 @@ def test_a_reply_cut_for_udp_is_not_remembered_for_tcp():
     """A long zone and name make a NODATA over 512 bytes: truncated over UDP, whole over TCP, for the same bytes."""
     zone = ".".join(["z" * 60] * 3)
     long_name = "n" * 60 + "." + zone
-    compiled = table.compile([entry("far", [long_name], ["240.0.0.7"])], [zone], ttl=30, serial=1)
+    compiled = compiler.compile([entry([long_name], ["240.0.0.7"], name="far")], [zone], ttl=30, serial=1)
     query = make(long_name + ".", "TXT")
     for order in ([UDP, TCP, UDP], [TCP, UDP, TCP]):
         resolver = Resolver(compiled)
@@ -220,28 +204,28 @@ def test_a_query_is_remembered_the_second_time_it_is_answered(resolver):
     once, twice = make("v4only.global."), make("v6only.global.", "AAAA")
     for query in (once, twice, twice):
         resolver.answer(query, ADDR, UDP)
-    assert list(resolver._known) == [twice[2:]]  # `once`, as most queries behind a caching resolver, costs no reply
+    assert list(resolver.ready) == [twice[2:]]  # `once`, as most queries behind a caching resolver, costs no reply
 
 
 @pytest.mark.parametrize("asked", [1, 2], ids=["names-asked-once", "names-asked-twice"])
 def test_remembered_replies_are_bounded(resolver, monkeypatch: pytest.MonkeyPatch, asked):
-    monkeypatch.setattr(resolver_module, "KNOWN_LIMIT", 10)
+    monkeypatch.setattr(ready, "LIMIT", 10)
     for i in range(35):  # a flood of names
         for _ in range(asked):
             assert parse(resolver.answer(make(f"miss-{i}.global."), ADDR, UDP)).rcode() == dns.rcode.NXDOMAIN
-        assert len(resolver._known) <= 10
-        assert len(resolver._seen) <= 10
-    assert bool(resolver._known) is (asked == 2)
+        assert len(resolver.ready) <= 10
+        assert len(resolver.ready.seen) <= 10
+    assert bool(resolver.ready) is (asked == 2)
 
 
 def test_remembered_replies_are_counted_like_spliced_ones():
     remembering, forgetting = new_resolver(), new_resolver()
     counted = {}
     for answering in (remembering, forgetting):
-        channel = SimpleNamespace(tcp=False, counters=metrics.Counters("dns://:53", "udp", 1))
+        channel = SimpleNamespace(tcp=False, counters=Counters("dns://:53", "udp", 1))
         for name, rdtype in [("two.global.", "A"), ("nope.global.", "A"), ("v4only.global.", "AAAA")] * 3:
             if answering is forgetting:
-                answering.use(answering.table)
+                answering.ready.clear()
             answering.answer(make(name, rdtype, use_edns=0, want_dnssec=True), ADDR, channel)
         counted[answering is remembering] = {key: value >> 64 for key, value in channel.counters.replies.items()}
     assert counted[True] == counted[False]
@@ -372,7 +356,7 @@ def test_udp_truncation(resolver, query, limit):
     assert 0 < kept < 60
     assert len(reply) + 16 > limit  # as many whole A records as fit
     assert {r.address for r in parsed.answer[0]} <= set(MANY)
-    assert parsed.edns == (0 if wire.scan(query).udp_size else -1)
+    assert parsed.edns == (0 if wire.recognise(query).udp_size else -1)
 
 
 @pytest.mark.parametrize(
@@ -431,18 +415,19 @@ def test_names_outside_the_zones_refused(resolver, name, edns):
     ],
 )
 def test_zone_names_servfail_before_the_first_sync(name, rdtype):
-    resolver = Resolver(table.compile(ENTRIES, ["global"], ttl=30, serial=0, synced=False))
+    resolver = Resolver(Compiler(["global"], ttl=30).unsynced())
     reply = parse(resolver.answer(make(name, rdtype, qid=99), ADDR, UDP))
     assert (reply.id, reply.rcode()) == (99, dns.rcode.SERVFAIL)
     assert reply.question[0].name.to_text() == name
 
 
 def test_other_names_refused_before_the_first_sync():
-    resolver = Resolver(table.compile([], ["global"], ttl=30, serial=0, synced=False))
+    resolver = Resolver(Compiler(["global"], ttl=30).unsynced())
     assert parse(resolver.answer(make("example.com.", "A"), ADDR, UDP)).rcode() == dns.rcode.REFUSED
 
 
 QUESTION = make("httpbin.bar.global.", "A")[12:]
+A_IN = b"\x00\x00\x01\x00\x01"  # the root label, then type A, class IN
 
 
 @pytest.mark.parametrize(
@@ -458,6 +443,8 @@ QUESTION = make("httpbin.bar.global.", "A")[12:]
         pytest.param(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07httpbin", 1, id="truncated"),
         pytest.param(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01", 1, id="pointer"),
         pytest.param(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01" + QUESTION[:-12], 1, id="missing-opt"),
+        pytest.param(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x40" + b"a" * 64 + A_IN, 1, id="label-64"),
+        pytest.param(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ab" + A_IN, 1, id="label-past-end"),
     ],
 )
 def test_malformed_queries(resolver, query, rcode):
@@ -467,6 +454,19 @@ def test_malformed_queries(resolver, query, rcode):
     else:
         assert reply[:2] == b"\x12\x34"
         assert reply[2] & 0x80 and reply[3] & 0xF == rcode
+
+
+@pytest.mark.parametrize("rdclass", ["IN", "CH"])
+def test_a_zero_byte_inside_a_label_is_read_as_part_of_the_name(resolver, rdclass):
+    """The quick reading takes a name to end at its first zero byte; a name the table does not know is read again,
+    label by label."""
+    message = dns.message.make_query(dns.name.Name([b"a\x00b", b"wild", b"global", b""]), "A", rdclass=rdclass)
+    reply = parse(resolver.answer(message.to_wire(), ADDR, UDP))
+    assert reply.question[0].name == message.question[0].name
+    if rdclass == "IN":
+        assert [r.address for r in reply.answer[0]] == ["240.0.0.9"]  # *.wild.global
+    else:
+        assert reply.rcode() == dns.rcode.REFUSED
 
 
 def test_failed_answers_servfail_when_the_header_allows(resolver):
@@ -506,10 +506,8 @@ SEEDS = [
 
 
 def udp_size(packet: bytes) -> int:
-    try:
-        return wire.scan(packet).udp_size
-    except wire.Malformed:
-        return 0
+    query = wire.recognise(packet)
+    return 0 if query is None or query.rcode is not None else query.udp_size
 
 
 def mutations(rng: random.Random, count: int):

@@ -1,4 +1,5 @@
-"""Server in-process on uvloop: readiness before the first table, TCP limits, and the source guard."""
+"""Server in-process on uvloop: readiness before the first table, TCP limits, the source guard, patches, and
+build_forwarder's checks of the upstreams."""
 
 from __future__ import annotations
 
@@ -6,78 +7,20 @@ import asyncio
 import contextlib
 import gc
 import struct
-from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import dns.asyncquery
 import dns.message
 import dns.rcode
-import uvloop
+import pytest
 
+from globaldns import config
 from globaldns.config import Config, Endpoint
-from globaldns.server import Server
-from globaldns.serviceentry import ServiceEntry
-from globaldns.sources import Changes, Publish, Snapshot, SourceStats
-
-LOOPBACK = Endpoint("127.0.0.1", 0)
-HTTPBIN = ServiceEntry.from_dict(
-    {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "ServiceEntry",
-        "metadata": {"name": "httpbin", "namespace": "bar"},
-        "spec": {"hosts": ["httpbin.bar.global"], "addresses": ["240.0.0.2"]},
-    }
-)
-
-
-class ManualSource:
-    """Publishes when the test says so; `fail` makes run() end, which the server must treat as fatal."""
-
-    name = "manual"
-
-    def __init__(self) -> None:
-        self.go = asyncio.Event()
-        self.fail = False
-        self.stats = SourceStats()  # read by the metrics collector
-
-    async def run(self, publish: Publish) -> None:
-        await self.go.wait()
-        if self.fail:
-            raise RuntimeError("source broke")
-        self.stats.syncs_ok += 1
-        publish(Snapshot((HTTPBIN,)))
-        await asyncio.Event().wait()
-
-    def reload(self) -> None:
-        pass
-
-
-def run_server(test: Callable[[Server, ManualSource], Awaitable[None]], **config: object) -> int:
-    """Start a Server on loopback with a ManualSource, run the test against it, stop it; its exit code."""
-
-    async def main() -> int:
-        source = ManualSource()
-        settings = {"listen": (LOOPBACK,), "health": LOOPBACK, "ready": LOOPBACK, "metrics": LOOPBACK}
-        settings |= {"lameduck": 0.0, "upstream": ()}
-        settings |= config
-        server = Server(Config(**settings), source)  # type: ignore[arg-type]
-        serving = asyncio.create_task(server.serve())
-        await asyncio.wait_for(server.started.wait(), 5)
-        try:
-            await test(server, source)
-        finally:
-            server.request_stop()
-        return await asyncio.wait_for(serving, 5)
-
-    return uvloop.run(main())
-
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    response = (await reader.read()).decode()
-    writer.close()
-    head, _, body = response.partition("\r\n\r\n")
-    return int(head.split()[1]), body
+from globaldns.errors import ConfigError
+from globaldns.forward import Forwarder
+from globaldns.server import Server, build_forwarder
+from globaldns.sources import Changes, Snapshot
+from tests.helpers import HTTPBIN, ManualSource, entry, http_get, run_server
 
 
 async def query(server: Server, name: str) -> dns.message.Message:
@@ -217,10 +160,10 @@ def test_later_snapshots_patch_the_served_table_and_a_wildcard_or_unknown_change
         assert gc.get_freeze_count() > 0  # the built table is exempt from the cyclic GC's full passes
         serial = (await query(server, "nope.bar.global")).authority[0][0].serial
         other, moved = (
-            entry("other", ["other.bar.global"], "240.0.0.3"),
-            entry("other", ["other.bar.global"], "240.0.0.5"),
+            entry(["other.bar.global"], ["240.0.0.3"], name="other"),
+            entry(["other.bar.global"], ["240.0.0.5"], name="other"),
         )
-        third = entry("third", ["third.bar.global"], "240.0.0.6")
+        third = entry(["third.bar.global"], ["240.0.0.6"], name="third")
         # Two snapshots before the compiler runs: their changes are applied together.
         server.publish(Snapshot((HTTPBIN, other), changes=Changes(added=(other,))))
         server.publish(Snapshot((HTTPBIN, moved, third), changes=Changes(added=(moved, third), removed=(other,))))
@@ -228,7 +171,7 @@ def test_later_snapshots_patch_the_served_table_and_a_wildcard_or_unknown_change
         await served(server, "third.bar.global", "240.0.0.6")
         assert server.resolver.table is first  # patched in place, not rebuilt
         assert (await query(server, "nope.bar.global")).authority[0][0].serial > serial
-        wild = entry("wild", ["*.w.global"], "240.0.0.4")
+        wild = entry(["*.w.global"], ["240.0.0.4"], name="wild")
         server.publish(Snapshot((HTTPBIN, wild), changes=Changes(added=(wild,), removed=(moved, third))))
         await served(server, "x.w.global", "240.0.0.4")
         assert server.resolver.table is not first
@@ -241,12 +184,95 @@ def test_later_snapshots_patch_the_served_table_and_a_wildcard_or_unknown_change
     assert run_server(test) == 0
 
 
-def entry(name: str, hosts: list[str], address: str) -> ServiceEntry:
-    obj = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": name}}
-    return ServiceEntry.from_dict(obj | {"spec": {"hosts": hosts, "addresses": [address]}})
-
-
 def test_changes_of_coalesced_snapshots_add_up_and_unknown_stays_unknown():
-    a, b, c = (entry(name, [f"{name}.global"], "240.0.0.1") for name in "abc")
+    a, b, c = (entry([f"{name}.global"], ["240.0.0.1"], name=name) for name in "abc")
     assert Changes((a,), (b,)).then(Changes((c,), (a,))) == Changes((a, c), (b, a))
     assert Changes((a,)).then(None) is None
+
+
+# --- build_forwarder -------------------------------------------------------------------------------------------
+
+
+def test_build_forwarder_takes_every_setting_from_config():
+    forwarder = build_forwarder(
+        Config(
+            upstream=(Endpoint("10.0.0.10", 53), Endpoint("2001:db8::53", 5353)),
+            upstream_policy="sequential",
+            max_fails=3,
+            forward_timeout=1.5,
+            forward_deadline=4.0,
+            health_interval=0.25,
+        )
+    )
+    assert forwarder is not None
+    assert [upstream.endpoint for upstream in forwarder.upstreams] == [
+        Endpoint("10.0.0.10", 53),
+        Endpoint("2001:db8::53", 5353),
+    ]
+    assert (forwarder.policy, forwarder.max_fails) == ("sequential", 3)
+    assert (forwarder.try_timeout, forwarder.deadline, forwarder.health_interval) == (1.5, 4.0, 0.25)
+
+
+def test_build_forwarder_upstream_none_is_no_forwarder(tmp_path):
+    assert build_forwarder(Config(upstream=(), resolv_conf=str(tmp_path / "missing"))) is None
+
+
+def test_build_forwarder_reads_resolv_conf_without_upstream(tmp_path):
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search example.com\nnameserver 10.96.0.10\nnameserver fd00::a\n")
+    forwarder = build_forwarder(Config(resolv_conf=str(resolv)))
+    assert forwarder is not None
+    assert [upstream.endpoint for upstream in forwarder.upstreams] == [
+        Endpoint("10.96.0.10", 53),
+        Endpoint("fd00::a", 53),
+    ]
+
+
+@pytest.mark.parametrize("text", [None, "options ndots:5\n# nameserver 10.0.0.1\n"], ids=["missing", "no-nameserver"])
+def test_build_forwarder_without_nameservers_names_the_file(tmp_path: Path, text):
+    resolv = tmp_path / "resolv.conf"
+    if text is not None:
+        resolv.write_text(text)
+    with pytest.raises(ConfigError, match=f"no nameserver in {resolv}.*--upstream"):
+        build_forwarder(Config(resolv_conf=str(resolv)))
+
+
+def forwarder_for(listen: str, upstream: str) -> Forwarder | None:
+    """build_forwarder for one upstream, listening on listen besides an unrelated address (every one is checked)."""
+    endpoint = config.parse_upstream(upstream)
+    assert endpoint is not None
+    return build_forwarder(
+        Config(listen=(Endpoint("10.9.9.9", 53), config.parse_endpoint(listen)), upstream=(endpoint,))
+    )
+
+
+@pytest.mark.parametrize(
+    ("listen", "upstream"),
+    [
+        pytest.param("127.0.0.1:5353", "127.0.0.1:5353", id="same-address"),
+        pytest.param("[::1]:53", "::1", id="same-ipv6-default-port"),
+        pytest.param("0.0.0.0:53", "127.0.0.1", id="all-ipv4-and-loopback"),
+        pytest.param(":53", "127.0.0.53", id="all-ipv4-and-any-loopback"),
+        pytest.param("[::]:53", "::1", id="all-ipv6-and-loopback"),
+        pytest.param("10.0.0.5:53", "10.0.0.5:53", id="same-interface"),
+        pytest.param("localhost:53", "127.0.0.1", id="localhost-listen"),
+        pytest.param("127.0.0.1:53", "localhost", id="localhost-upstream"),
+    ],
+)
+def test_build_forwarder_refuses_our_own_listen_address(listen, upstream):
+    with pytest.raises(ConfigError, match="own --listen address"):
+        forwarder_for(listen, upstream)
+
+
+@pytest.mark.parametrize(
+    ("listen", "upstream"),
+    [
+        pytest.param("127.0.0.1:5353", "127.0.0.1", id="other-port"),
+        pytest.param("10.0.0.5:53", "127.0.0.1", id="loopback-while-listening-elsewhere"),
+        pytest.param("10.0.0.5:53", "10.0.0.6", id="other-host"),
+        pytest.param("0.0.0.0:53", "10.96.0.10", id="all-and-remote"),
+        pytest.param("127.0.0.1:0", "127.0.0.1:53", id="kernel-chosen-port"),
+    ],
+)
+def test_build_forwarder_accepts_other_addresses(listen, upstream):
+    assert forwarder_for(listen, upstream) is not None

@@ -1,4 +1,4 @@
-"""workers: reserving the shared ports, and the supervisor's /ready, /metrics and /table made of its workers' (served
+"""supervisor: reserving the shared ports, and the supervisor's /ready, /metrics and /table made of its workers' (served
 here by plain endpoints on loopback standing in for worker processes)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from globaldns.config import Config, Endpoint
 from globaldns.probes import Answer, bound_port, serve_http, text
-from globaldns.workers import Supervisor, Worker, reserve
+from globaldns.supervisor import Supervisor, Worker, reserve
 
 LOOPBACK = Endpoint("127.0.0.1", 0)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from globaldns.metrics import Counters
 from globaldns.resolver import Resolver
+from globaldns.telemetry import Counters
 
 log = logging.getLogger(__name__)
 

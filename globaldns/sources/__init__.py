@@ -1,4 +1,5 @@
-"""ServiceEntry sources: each publishes complete snapshots; the server compiles and swaps them in."""
+"""ServiceEntry sources: each publishes complete snapshots (with the changes since the last, when it knows them);
+the server compiles them into the table it serves, built anew or patched."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ Publish = Callable[[Snapshot], None]
 
 @dataclass(slots=True)
 class SourceStats:
-    """Plain counters a source bumps and the metrics collector reads at scrape time."""
+    """Plain counters a source bumps; stats() hands a copy to the metrics collector at scrape time."""
 
     syncs_ok: int = 0
     syncs_failed: int = 0
@@ -52,9 +53,10 @@ class Source(Protocol):
     """`run` never returns: it publishes the first snapshot when loaded, then one per change."""
 
     name: str
-    stats: SourceStats
 
     async def run(self, publish: Publish) -> None: ...
+
+    def stats(self) -> SourceStats: ...
 
     def reload(self) -> None:
         """Re-read now (SIGHUP)."""

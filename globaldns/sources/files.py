@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 import yaml
@@ -139,12 +139,15 @@ class FilesSource:
         self.interval = interval
         self.files: dict[str, tuple[Signature | None, ParsedFile]] = {}
         self.errors: dict[str, str] = {}
-        self.stats = SourceStats()
+        self.counts = SourceStats()
         self.added: list[ServiceEntry] = []  # since the last snapshot
         self.removed: list[ServiceEntry] = []
         self._published = False
         self._wake = asyncio.Event()
         self._force = False
+
+    def stats(self) -> SourceStats:
+        return replace(self.counts)
 
     def reload(self) -> None:
         self._force = True
@@ -157,10 +160,10 @@ class FilesSource:
             changed = await asyncio.to_thread(self.refresh, force)
             if changed or first:
                 if self.errors:
-                    self.stats.syncs_failed += 1
+                    self.counts.syncs_failed += 1
                 else:
-                    self.stats.syncs_ok += 1
-                    self.stats.last_sync = time.time()
+                    self.counts.syncs_ok += 1
+                    self.counts.last_sync = time.time()
                 publish(self.snapshot())
                 first = False
             self._wake.clear()

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import urllib3
@@ -110,7 +110,7 @@ class Backoff:
         self.failures = 0
 
 
-class Gone(Exception):
+class Gone(SourceError):
     """The resourceVersion we watch from is too old (410): list again."""
 
 
@@ -124,7 +124,7 @@ class Reflector:
         label_selector: str | None,
         settings: WatchSettings,
         changed: Callable[[], None],
-        stats: SourceStats,
+        counts: SourceStats,
     ) -> None:
         self.api = api
         self.objects_api = client.CustomObjectsApi(api)
@@ -132,7 +132,7 @@ class Reflector:
         self.label_selector = label_selector
         self.settings = settings
         self.changed = changed
-        self.stats = stats
+        self.counts = counts
         self.scope = f"namespace {namespace}" if namespace else "all namespaces"
         self.entries: dict[tuple[str, str], ServiceEntry] = {}
         self.problems: dict[tuple[str, str], str] = {}
@@ -162,7 +162,7 @@ class Reflector:
 
     def _failed(self, error: BaseException) -> None:
         reason = _describe(error)
-        self.stats.syncs_failed += 1
+        self.counts.syncs_failed += 1
         if not self._failing:
             log.warning("kubernetes %s: %s; retrying with backoff, serving the last table", self.scope, reason)
             self._failing = True
@@ -246,8 +246,8 @@ class Reflector:
             self.added += added
             self.removed += removed
         self.synced = True
-        self.stats.syncs_ok += 1
-        self.stats.last_sync = time.time()
+        self.counts.syncs_ok += 1
+        self.counts.last_sync = time.time()
         log.info(
             "kubernetes %s: listed %d ServiceEntries (%s) at resourceVersion %s, %d gone since the last list",
             self.scope,
@@ -300,7 +300,7 @@ class Reflector:
         finally:
             self._response = None
             if not self.stopping.is_set():
-                self.stats.watch_restarts += 1
+                self.counts.watch_restarts += 1
         return resource_version
 
     def _apply(self, event: dict[str, Any]) -> str | None:
@@ -393,9 +393,9 @@ class KubernetesSource:
         settings: WatchSettings | None = None,
     ) -> None:
         self.settings = settings or WatchSettings()
-        self.stats = SourceStats()
+        self.counts = SourceStats()
         self.reflectors = [
-            Reflector(api_client(kubeconfig), namespace, label_selector, self.settings, self._changed, self.stats)
+            Reflector(api_client(kubeconfig), namespace, label_selector, self.settings, self._changed, self.counts)
             for namespace in (namespaces or (None,))
         ]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -429,6 +429,9 @@ class KubernetesSource:
             log.exception("kubernetes %s: watch thread failed", reflector.scope)
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 self._loop.call_soon_threadsafe(_fail, died, error)
+
+    def stats(self) -> SourceStats:
+        return replace(self.counts)
 
     def reload(self) -> None:
         """SIGHUP: list everything again."""

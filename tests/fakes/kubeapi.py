@@ -48,7 +48,6 @@ __all__ = [
     "PLURAL",
     "KubeAPI",
     "Request",
-    "serviceentry",
     "status_body",
 ]
 
@@ -108,43 +107,6 @@ def status_body(code: int, message: str | None = None, reason: str | None = None
     }
     body.update(extra)
     return body
-
-
-def serviceentry(
-    name: str,
-    namespace: str = "default",
-    hosts: str | Iterable[str] | None = None,
-    addresses: str | Iterable[str] = (),
-    *,
-    labels: Mapping[str, str] | None = None,
-    annotations: Mapping[str, str] | None = None,
-    status: Mapping[str, Any] | None = None,
-    api_version: str = f"{GROUP}/v1",
-    creation_timestamp: str | None = None,
-    **spec: Any,
-) -> dict[str, Any]:
-    """A valid Istio ServiceEntry dict; `hosts` defaults to "<name>.<namespace>.global" and `**spec` adds or
-    overrides spec fields by their Istio (camelCase) names, e.g. ``resolution="STATIC"``, ``exportTo=["."]``."""
-    host_list = [hosts] if isinstance(hosts, str) else list(hosts or [f"{name}.{namespace}.global"])
-    address_list = [addresses] if isinstance(addresses, str) else list(addresses)
-    body: dict[str, Any] = {"hosts": host_list}
-    if address_list:
-        body["addresses"] = address_list
-    body["ports"] = [{"number": 80, "name": "http", "protocol": "HTTP"}]
-    body["location"] = "MESH_INTERNAL"
-    body["resolution"] = "DNS"
-    body.update(spec)
-    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
-    if labels:
-        metadata["labels"] = dict(labels)
-    if annotations:
-        metadata["annotations"] = dict(annotations)
-    if creation_timestamp:
-        metadata["creationTimestamp"] = creation_timestamp
-    obj: dict[str, Any] = {"apiVersion": api_version, "kind": KIND, "metadata": metadata, "spec": body}
-    if status is not None:
-        obj["status"] = dict(status)
-    return obj
 
 
 # -- selectors --------------------------------------------------------------------------------------------------

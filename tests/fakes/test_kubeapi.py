@@ -21,7 +21,8 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from tests.fakes.kubeapi import GROUP, PLURAL, KubeAPI, Request, serviceentry
+from tests.fakes.kubeapi import GROUP, PLURAL, KubeAPI, Request
+from tests.helpers import manifest
 
 TIMEOUT = (2.0, 5.0)  # (connect, read): the inactivity timeout a watch client sets
 
@@ -74,11 +75,11 @@ def in_thread(action: Callable[[], Any]) -> threading.Thread:
 
 def seed(api: KubeAPI) -> None:
     """Five entries in two namespaces, two of them labelled tier=gold."""
-    api.add(serviceentry("web", "b", labels={"tier": "gold", "app": "web"}))
-    api.add(serviceentry("db", "a", labels={"tier": "gold", "app": "db"}))
-    api.add(serviceentry("cache", "a", labels={"tier": "silver"}))
-    api.add(serviceentry("queue", "b"))
-    api.add(serviceentry("api", "a-b"))  # "a-b/" sorts before "a/", as etcd keys do
+    api.add(manifest("web", "b", labels={"tier": "gold", "app": "web"}))
+    api.add(manifest("db", "a", labels={"tier": "gold", "app": "db"}))
+    api.add(manifest("cache", "a", labels={"tier": "silver"}))
+    api.add(manifest("queue", "b"))
+    api.add(manifest("api", "a-b"))  # "a-b/" sorts before "a/", as etcd keys do
 
 
 # -- kubeconfig and discovery -----------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def test_crd_absent_then_installed(api, api_client, objects_api):
 
 
 def test_store_semantics(api):
-    added = api.add(serviceentry("x", "n", "x.global", "10.0.0.1", labels={"a": "b"}, resolution="STATIC"))
+    added = api.add(manifest("x", "n", "x.global", "10.0.0.1", labels={"a": "b"}, resolution="STATIC"))
     assert added["metadata"]["resourceVersion"] == "1001"
     assert added["spec"] == {
         "hosts": ["x.global"],
@@ -168,16 +169,16 @@ def test_store_semantics(api):
         "resolution": "STATIC",
     }
     with pytest.raises(KeyError):
-        api.add(serviceentry("x", "n"))
+        api.add(manifest("x", "n"))
     with pytest.raises(KeyError):
-        api.modify(serviceentry("y", "n"))
+        api.modify(manifest("y", "n"))
     with pytest.raises(KeyError):
         api.delete("n", "y")
     same_spec = api.modify({**added, "metadata": {**added["metadata"], "labels": {"a": "c"}}})
     assert same_spec["metadata"]["generation"] == 1
     assert same_spec["metadata"]["uid"] == added["metadata"]["uid"]
-    assert api.modify(serviceentry("x", "n", "x.global"))["metadata"]["generation"] == 2
-    api.add(serviceentry("a", "n"))
+    assert api.modify(manifest("x", "n", "x.global"))["metadata"]["generation"] == 2
+    api.add(manifest("a", "n"))
     assert [o["metadata"]["name"] for o in api.objects()] == ["a", "x"]
     api.objects()[0]["spec"]["hosts"].append("mutated")  # copies: the store is not affected
     assert api.get("n", "a")["spec"]["hosts"] == ["a.n.global"]
@@ -220,7 +221,7 @@ def test_list_pages_are_a_consistent_snapshot(api, objects_api):
     snapshot = first["metadata"]["resourceVersion"]
 
     api.delete("a", "db")  # changes after the first page do not show in the following pages
-    api.add(serviceentry("aaa", "b"))
+    api.add(manifest("aaa", "b"))
 
     second = list_all(objects_api, limit=2, _continue=token)
     assert names(second["items"]) == ["a/db", "b/queue"]
@@ -274,7 +275,7 @@ def test_list_label_selector_and_namespace(api, objects_api):
 def test_bulk_load_lists_fast_in_pages(api, objects_api):
     started = time.monotonic()
     last = api.add_many(
-        (serviceentry(f"se{i:05d}", f"ns{i % 7}", addresses=[f"10.1.{i // 256}.{i % 256}"]) for i in range(10_000)),
+        (manifest(f"se{i:05d}", f"ns{i % 7}", addresses=[f"10.1.{i // 256}.{i % 256}"]) for i in range(10_000)),
         record_history=False,
     )
     assert last == api.resource_version == 1000 + 10_000
@@ -295,14 +296,14 @@ def test_bulk_load_lists_fast_in_pages(api, objects_api):
 def test_watch_from_list_resource_version_gets_changes_in_order(api, objects_api):
     seed(api)
     rv = list_all(objects_api)["metadata"]["resourceVersion"]
-    api.modify(serviceentry("db", "a", addresses=["10.0.0.9"], labels={"tier": "gold"}))
+    api.modify(manifest("db", "a", addresses=["10.0.0.9"], labels={"tier": "gold"}))
     api.delete("b", "queue")
     w = watch.Watch()
     events = []
     for event in stream(w, objects_api, resource_version=rv, timeout_seconds=5):
         events.append(event)
         if len(events) == 2:
-            api.add(serviceentry("new", "c"))  # a live event after the replayed ones
+            api.add(manifest("new", "c"))  # a live event after the replayed ones
         if len(events) == 3:
             w.stop()
     assert [(e["type"], e["raw_object"]["metadata"]["name"]) for e in events] == [
@@ -334,9 +335,9 @@ def test_watch_without_resource_version_starts_with_current_state(api, objects_a
 def test_watch_follows_namespace_and_label_selector(api, objects_api):
     seed(api)
     rv = str(api.resource_version)
-    api.add(serviceentry("other", "b", labels={"tier": "gold"}))  # another namespace
-    api.modify(serviceentry("cache", "a", labels={"tier": "gold"}))  # enters the selection: ADDED
-    api.modify(serviceentry("db", "a", labels={"tier": "bronze"}))  # leaves it: DELETED
+    api.add(manifest("other", "b", labels={"tier": "gold"}))  # another namespace
+    api.modify(manifest("cache", "a", labels={"tier": "gold"}))  # enters the selection: ADDED
+    api.modify(manifest("db", "a", labels={"tier": "bronze"}))  # leaves it: DELETED
     w = watch.Watch()
     events = []
     for event in w.stream(
@@ -364,7 +365,7 @@ def test_bookmarks_only_for_watches_that_allow_them(api, objects_api):
         api.wait_for_open_watches(1)
         assert api.bookmark() == 0
         w = watch.Watch()
-        helper = in_thread(lambda: (api.wait_for_open_watches(2), api.add(serviceentry("x", "c")), api.bookmark()))
+        helper = in_thread(lambda: (api.wait_for_open_watches(2), api.add(manifest("x", "c")), api.bookmark()))
         events = []
         for event in stream(w, objects_api, resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=5):
             events.append(event)
@@ -395,7 +396,7 @@ def test_max_watch_seconds_and_watch_stream_reconnecting_by_itself(api, objects_
         response.close()
     # Without timeout_seconds, Watch.stream silently watches again from the last resourceVersion it saw.
     w = watch.Watch()
-    helper = in_thread(lambda: (api.wait_for_watch(4), api.add(serviceentry("late", "c"))))
+    helper = in_thread(lambda: (api.wait_for_watch(4), api.add(manifest("late", "c"))))
     for event in stream(w, objects_api, resource_version="1000"):
         assert (event["type"], event["raw_object"]["metadata"]["name"]) == ("ADDED", "late")
         w.stop()
@@ -511,7 +512,7 @@ def test_drop_streams_breaks_the_client_stream(api, objects_api):
     w = watch.Watch()
     events = stream(w, objects_api, resource_version=rv, timeout_seconds=30)
     try:
-        helper = in_thread(lambda: (api.wait_for_watch(1), api.add(serviceentry("one", "c"))))
+        helper = in_thread(lambda: (api.wait_for_watch(1), api.add(manifest("one", "c"))))
         assert next(events)["raw_object"]["metadata"]["name"] == "one"
         helper.join()
         assert api.drop_streams() == 1
@@ -550,7 +551,7 @@ def test_release_hung_closes_the_hung_stream(api, objects_api):
     api.hang_next_watch()
     response = raw_watch(objects_api, resource_version="1000")
     try:
-        api.add(serviceentry("ignored", "c"))
+        api.add(manifest("ignored", "c"))
         assert api.open_watches() == 1
         assert api.release_hung() == 1
         with pytest.raises(urllib3.exceptions.ProtocolError):

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from .conftest import ServerProcess
+from tests.processes import ServerProcess
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dig") is None and not __import__("os").environ.get("CI"), reason="dig not installed"

@@ -19,8 +19,7 @@ import dns.rdatatype
 import pytest
 
 from tests.fakes.upstream import Delayed, Response, Upstream, answer, default_handler, servfail, truncated
-
-from .conftest import EXAMPLES, ServerProcess
+from tests.processes import EXAMPLES, ServerProcess
 
 MANY = [f"192.0.2.{i}" for i in range(1, 61)]  # 60 A records: about 1 KB, more than 512 bytes
 GLOBAL = dns.name.from_text("global.")

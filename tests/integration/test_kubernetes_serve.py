@@ -16,9 +16,9 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
-from tests.fakes.kubeapi import KubeAPI, serviceentry
-
-from .conftest import REPO, ServerProcess
+from tests.fakes.kubeapi import KubeAPI
+from tests.helpers import manifest
+from tests.processes import REPO, ServerProcess
 
 
 def answer(server: ServerProcess, name: str) -> set[str]:
@@ -44,7 +44,7 @@ def api() -> Iterator[KubeAPI]:
 
 def test_not_ready_until_the_crd_appears(start_server, tmp_path):
     with KubeAPI(versions=()) as api:
-        api.add(serviceentry("httpbin", "bar", addresses="240.0.0.2"))
+        api.add(manifest("httpbin", "bar", addresses="240.0.0.2"))
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
         server = start_server("--kubeconfig", str(kubeconfig), loaded=False)
         server.wait_for(r"ServiceEntry CRD \(networking\.istio\.io .*\) is not served by this cluster")
@@ -58,8 +58,8 @@ def test_not_ready_until_the_crd_appears(start_server, tmp_path):
 
 
 def test_answers_live_changes_and_rides_out_an_api_outage(start_server, api, tmp_path):
-    api.add(serviceentry("httpbin", "bar", addresses="240.0.0.2"))
-    api.add(serviceentry("web", "foo", hosts=["web.foo.global", "*.web.foo.global"], addresses=["240.0.0.3"]))
+    api.add(manifest("httpbin", "bar", addresses="240.0.0.2"))
+    api.add(manifest("web", "foo", hosts=["web.foo.global", "*.web.foo.global"], addresses=["240.0.0.3"]))
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
     server = start_server("--kubeconfig", str(kubeconfig))
     assert server.http("ready", "/ready") == (200, "OK")
@@ -68,7 +68,7 @@ def test_answers_live_changes_and_rides_out_an_api_outage(start_server, api, tmp
     assert server.query("nope.bar.global").rcode() == dns.rcode.NXDOMAIN
 
     api.wait_for_open_watches(1)
-    api.modify(serviceentry("httpbin", "bar", addresses="240.0.0.99"))
+    api.modify(manifest("httpbin", "bar", addresses="240.0.0.99"))
     assert wait_until(lambda: answer(server, "httpbin.bar.global") == {"240.0.0.99"}, 1.0) < 1.0
 
     # The API goes away: every request fails and the open watch breaks. The last table keeps serving.
@@ -94,8 +94,8 @@ def test_answers_live_changes_and_rides_out_an_api_outage(start_server, api, tmp
 def test_namespace_and_label_selector_flags_reach_the_api(start_server, api, tmp_path):
     labels = {"dns": "global"}
     for namespace in ("a", "b", "c"):
-        api.add(serviceentry("web", namespace, addresses="240.0.1.1", labels=labels))
-    api.add(serviceentry("unlabelled", "a", addresses="240.0.1.2"))
+        api.add(manifest("web", namespace, addresses="240.0.1.1", labels=labels))
+    api.add(manifest("unlabelled", "a", addresses="240.0.1.2"))
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
     server = start_server(
         "--kubeconfig", str(kubeconfig), "--namespace", "a", "--namespace", "b", "--label-selector", "dns=global"

@@ -12,9 +12,7 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from tests.processes import free_port
-
-from .conftest import ServerProcess
+from tests.processes import ServerProcess, free_port
 
 HTTPBIN = Path("httpbin.yaml")
 
@@ -126,7 +124,7 @@ def test_port_in_use_exits_1_naming_the_flag(start_server, entries: Path):
 def test_every_listen_address_serves_udp_and_tcp(start_server, entries: Path):
     second = free_port()
     server = start_server("--service-entries", str(entries), "--listen", f"127.0.0.1:{second}")
-    server.wait_for(f"serving DNS on 127.0.0.1:{second}")
+    server.wait_for(rf"serving DNS on 127\.0\.0\.1:{server.port} and 127\.0\.0\.1:{second} \(udp, tcp\)")
     for port in (server.port, second):
         for tcp in (False, True):
             reply = dns.query.tcp if tcp else dns.query.udp

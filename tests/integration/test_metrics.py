@@ -18,9 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from globaldns import __version__
 from tests.fakes.upstream import Upstream
-from tests.processes import free_port
-
-from .conftest import EXAMPLES, ServerProcess, exchange
+from tests.processes import EXAMPLES, ServerProcess, exchange, free_port
 
 TIME_LE = ["0.00025", "0.0005", "0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256",
            "0.512", "1.024", "2.048", "4.096", "8.192", "+Inf"]  # fmt: skip

@@ -12,7 +12,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from .conftest import ServerProcess
+from tests.processes import ServerProcess
 
 PROTOCOLS = [pytest.param(False, id="udp"), pytest.param(True, id="tcp")]
 

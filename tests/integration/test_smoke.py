@@ -12,8 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fakes.upstream import Upstream, dead_port
-
-from .conftest import EXAMPLES, REPO, ServerProcess
+from tests.processes import EXAMPLES, REPO, ServerProcess
 
 SMOKE = REPO / "scripts" / "smoke.sh"
 

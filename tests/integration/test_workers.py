@@ -20,9 +20,10 @@ import dns.message
 import dns.rcode
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fakes.kubeapi import KubeAPI, serviceentry
+from tests.fakes.kubeapi import KubeAPI
+from tests.helpers import manifest
+from tests.processes import EXAMPLES, ServerProcess, exchange
 
-from .conftest import EXAMPLES, ServerProcess, exchange
 from .test_lifecycle import HTTPBIN, answer, wait_until
 
 WORKERS = 2
@@ -160,7 +161,7 @@ def test_ready_only_while_every_worker_answers_ready(start_server, entries: Path
 
 def test_ready_waits_for_every_workers_kubernetes_watch(start_server, tmp_path: Path):
     with KubeAPI(versions=()) as api:
-        api.add(serviceentry("httpbin", "bar", addresses="240.0.0.2"))
+        api.add(manifest("httpbin", "bar", addresses="240.0.0.2"))
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
         server = start(start_server, "--kubeconfig", str(kubeconfig), loaded=False)
         assert server.http("ready", "/ready") == (503, "worker 1: ServiceEntries not loaded yet\n")
@@ -169,7 +170,7 @@ def test_ready_waits_for_every_workers_kubernetes_watch(start_server, tmp_path: 
             server.wait_for(rf"worker={index}: serving \d+ names", timeout=10)
         assert server.http("ready", "/ready") == (200, "OK")
         api.wait_for_open_watches(WORKERS)  # one watch each
-        api.modify(serviceentry("httpbin", "bar", addresses="240.0.0.99"))
+        api.modify(manifest("httpbin", "bar", addresses="240.0.0.99"))
         wait_until(lambda: all(answer(server) == {"240.0.0.99"} for _ in range(20)), 2)
 
 
@@ -235,7 +236,7 @@ def test_json_lines_say_which_worker_wrote_them(start_server, entries: Path):
         server.wait_for(rf'"worker": {index}, "message": "serving \d+ names')
     records = [json.loads(line) for line in server.log]
     assert {record.get("worker") for record in records} == {None, *range(1, WORKERS + 1)}
-    assert all("worker" not in record for record in records if record["logger"] == "globaldns.workers")
+    assert all("worker" not in record for record in records if record["logger"] == "globaldns.supervisor")
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.bench
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(shutil.which("dnsperf") is None and not __import__("os").environ.get("CI"), reason="no dnsperf")
 def test_bench_quick_runs():

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.bench
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("source", ["kubernetes", "json", "yaml"])
 def test_bench_scale_runs(source):

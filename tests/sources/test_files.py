@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import itertools
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from globaldns.errors import SourceError
 from globaldns.serviceentry import ServiceEntry
 from globaldns.sources import Snapshot, files, jsonlist
 from globaldns.sources.files import FilesSource, find_files, parse_file
-from tests.snapshots import assert_changes_add_up
+from tests.helpers import assert_changes_add_up, manifest, publishing
 
 _mtime = itertools.count(1)
 
@@ -32,28 +30,12 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def se_dict(name: str, host: str, address: str = "240.0.0.2", namespace: str = "foo") -> dict:
+    return manifest(name, namespace, host, address)
+
+
 def se_yaml(name: str, host: str, address: str = "240.0.0.2", namespace: str = "foo") -> str:
-    return f"""\
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: {name}
-  namespace: {namespace}
-spec:
-  hosts:
-  - {host}
-  addresses:
-  - {address}
-"""
-
-
-def se_dict(name: str, host: str, address: str = "240.0.0.2") -> dict:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "ServiceEntry",
-        "metadata": {"name": name, "namespace": "foo"},
-        "spec": {"hosts": [host], "addresses": [address]},
-    }
+    return yaml.safe_dump(se_dict(name, host, address, namespace), sort_keys=False)
 
 
 DEPLOYMENT = """\
@@ -546,57 +528,25 @@ def test_configmap_symlink_swap_is_seen(tmp_path):
 # -- FilesSource.run ----------------------------------------------------------------------------
 
 
-class Published:
-    """Records every snapshot published; `until` waits for one that satisfies a predicate."""
-
-    def __init__(self) -> None:
-        self.snapshots: list[Snapshot] = []
-        self.event = asyncio.Event()
-
-    def __call__(self, snapshot: Snapshot) -> None:
-        self.snapshots.append(snapshot)
-        self.event.set()
-
-    async def until(self, predicate: Callable[[Snapshot], bool], timeout: float = 5.0) -> Snapshot:
-        async def wait() -> Snapshot:
-            while True:
-                if self.snapshots and predicate(self.snapshots[-1]):
-                    return self.snapshots[-1]
-                self.event.clear()
-                await self.event.wait()
-
-        return await asyncio.wait_for(wait(), timeout)
-
-
-async def stop(task: asyncio.Task) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 def test_run_publishes_the_first_snapshot_and_then_changes(tmp_path):
     path = write(tmp_path / "a.yaml", se_yaml("a", "a.global"))
 
     async def main() -> None:
         source = FilesSource(str(tmp_path), interval=0.05)
-        published = Published()
-        task = asyncio.create_task(source.run(published))
-        try:
-            first = await published.until(lambda snapshot: True)
+        async with publishing(source) as published:
+            first = await published.wait(lambda snapshot: True)
             assert hosts(first.entries) == {"a.global"}
             assert len(published.snapshots) == 1
 
             write(tmp_path / "b.yaml", se_yaml("b", "b.global"))
-            await published.until(lambda snapshot: hosts(snapshot.entries) == {"a.global", "b.global"})
+            await published.wait(lambda snapshot: hosts(snapshot.entries) == {"a.global", "b.global"})
 
             write(path, se_yaml("a", "c.global"))
-            await published.until(lambda snapshot: hosts(snapshot.entries) == {"c.global", "b.global"})
+            await published.wait(lambda snapshot: hosts(snapshot.entries) == {"c.global", "b.global"})
 
             path.unlink()
-            await published.until(lambda snapshot: hosts(snapshot.entries) == {"b.global"})
-            assert not task.done()
-        finally:
-            await stop(task)
+            await published.wait(lambda snapshot: hosts(snapshot.entries) == {"b.global"})
+            assert not published.task.done()
 
     asyncio.run(main())
 
@@ -604,15 +554,11 @@ def test_run_publishes_the_first_snapshot_and_then_changes(tmp_path):
 def test_run_publishes_an_empty_first_snapshot(tmp_path):
     async def main() -> None:
         source = FilesSource(str(tmp_path), interval=0.05)
-        published = Published()
-        task = asyncio.create_task(source.run(published))
-        try:
-            first = await published.until(lambda snapshot: True)
+        async with publishing(source) as published:
+            first = await published.wait(lambda snapshot: True)
             assert first == Snapshot((), ())
             write(tmp_path / "a.yaml", se_yaml("a", "a.global"))
-            await published.until(lambda snapshot: hosts(snapshot.entries) == {"a.global"})
-        finally:
-            await stop(task)
+            await published.wait(lambda snapshot: hosts(snapshot.entries) == {"a.global"})
 
     asyncio.run(main())
 
@@ -622,15 +568,11 @@ def test_run_publishes_a_broken_file_as_a_problem(tmp_path):
 
     async def main() -> None:
         source = FilesSource(str(tmp_path), interval=0.05)
-        published = Published()
-        task = asyncio.create_task(source.run(published))
-        try:
-            await published.until(lambda snapshot: True)
+        async with publishing(source) as published:
+            await published.wait(lambda snapshot: True)
             write(path, "apiVersion: [broken\n")
-            broken = await published.until(lambda snapshot: bool(snapshot.problems))
+            broken = await published.wait(lambda snapshot: bool(snapshot.problems))
             assert hosts(broken.entries) == {"a.global"}
-        finally:
-            await stop(task)
 
     asyncio.run(main())
 
@@ -641,18 +583,14 @@ def test_reload_rereads_at_once(tmp_path):
 
     async def main() -> None:
         source = FilesSource(str(tmp_path), interval=3600)
-        published = Published()
-        task = asyncio.create_task(source.run(published))
-        try:
-            await published.until(lambda snapshot: True)
+        async with publishing(source) as published:
+            await published.wait(lambda snapshot: True)
             stat = path.stat()
             path.write_text(se_yaml("a", "a.global", "240.0.0.2"), encoding="utf-8")
             os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
             source.reload()
-            snapshot = await published.until(lambda snapshot: len(published.snapshots) == 2)
+            snapshot = await published.wait(lambda snapshot: True, since=1)
             assert [str(entry.addresses[0]) for entry in snapshot.entries] == ["240.0.0.2"]
-        finally:
-            await stop(task)
 
     asyncio.run(main())
 
@@ -662,17 +600,13 @@ def test_interval_zero_never_polls_but_reload_rereads(tmp_path):
 
     async def main() -> None:
         source = FilesSource(str(tmp_path), interval=0)
-        published = Published()
-        task = asyncio.create_task(source.run(published))
-        try:
-            await published.until(lambda snapshot: True)
+        async with publishing(source) as published:
+            await published.wait(lambda snapshot: True)
             write(path, se_yaml("a", "b.global"))
             # Not seen without a reload: the loop waits for reload() only (a poll would have found it by now).
-            with pytest.raises(TimeoutError):
-                await published.until(lambda snapshot: hosts(snapshot.entries) == {"b.global"}, timeout=0.3)
+            with pytest.raises(AssertionError, match=r"no matching snapshot in 0\.3s"):
+                await published.wait(lambda snapshot: hosts(snapshot.entries) == {"b.global"}, timeout=0.3)
             source.reload()
-            await published.until(lambda snapshot: hosts(snapshot.entries) == {"b.global"})
-        finally:
-            await stop(task)
+            await published.wait(lambda snapshot: hosts(snapshot.entries) == {"b.global"})
 
     asyncio.run(main())

@@ -30,8 +30,8 @@ from globaldns.errors import ConfigError
 from globaldns.server import Server
 from globaldns.sources import Snapshot
 from globaldns.sources.kubernetes import KubernetesSource, WatchSettings, api_client, served_version
-from tests.fakes.kubeapi import GROUP, KubeAPI, Request, serviceentry
-from tests.snapshots import assert_changes_add_up
+from tests.fakes.kubeapi import GROUP, KubeAPI, Request
+from tests.helpers import Published, assert_changes_add_up, manifest, publishing, stop
 
 # Millisecond backoff; the timeouts outlive a test, because the fake sends no periodic bookmarks and a short
 # inactivity timeout would restart idle watches mid-test. Tests of the timeouts set their own.
@@ -58,39 +58,6 @@ async def off(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(function, *args, **kwargs)
 
 
-class Published:
-    """The publish callback: every snapshot with the perf_counter() time it reached the loop."""
-
-    def __init__(self) -> None:
-        self.snapshots: list[Snapshot] = []
-        self.times: list[float] = []
-        self._event = asyncio.Event()
-
-    def __call__(self, snapshot: Snapshot) -> None:
-        self.times.append(time.perf_counter())
-        self.snapshots.append(snapshot)
-        self._event.set()
-
-    def mark(self) -> int:
-        return len(self.snapshots)
-
-    async def wait(self, predicate: Callable[[Snapshot], bool], since: int = 0, timeout: float = 5.0) -> float:
-        """The time of the first snapshot from index `since` on that satisfies predicate (waiting for it)."""
-        deadline = time.monotonic() + timeout
-        index = since
-        while True:
-            while index < len(self.snapshots):
-                if predicate(self.snapshots[index]):
-                    return self.times[index]
-                index += 1
-            self._event.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no matching snapshot in {timeout}s; published: {self.snapshots[since:]}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), remaining)
-
-
 def refs(snapshot: Snapshot) -> set[str]:
     return {entry.ref for entry in snapshot.entries}
 
@@ -108,7 +75,7 @@ def address_of(ref: str, address: str) -> Callable[[Snapshot], bool]:
 
 
 def se(name: str, namespace: str = "a", address: str | list[str] = "240.0.0.1", **kwargs: Any) -> dict[str, Any]:
-    return serviceentry(name, namespace, addresses=address, **kwargs)
+    return manifest(name, namespace, addresses=address, **kwargs)
 
 
 @contextlib.asynccontextmanager
@@ -117,23 +84,12 @@ async def running(
 ) -> AsyncIterator[tuple[KubernetesSource, Published]]:
     """A KubernetesSource running on this loop; stopped (threads joined, clients closed) on exit."""
     source = KubernetesSource(str(kubeconfig), settings=settings, **kwargs)
-    published = Published()
-    task = asyncio.create_task(source.run(published))
     try:
-        yield source, published
+        async with publishing(source) as published:
+            yield source, published
     finally:
-        await stop(task)
         for reflector in source.reflectors:
             reflector.api.close()
-
-
-async def stop(task: asyncio.Task) -> float:
-    """Cancel a source's run(), as the server does on shutdown; how long it took."""
-    started = time.perf_counter()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return time.perf_counter() - started
 
 
 def is_list(request: Request) -> bool:
@@ -374,6 +330,7 @@ def frozen_heap() -> Iterator[None]:
 # -- watching ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.latency
 def test_add_modify_delete_are_published_within_100ms(api, kubeconfig, frozen_heap):
     api.add(se("x"))
 
@@ -389,13 +346,14 @@ def test_add_modify_delete_are_published_within_100ms(api, kubeconfig, frozen_he
                 mark = published.mark()
                 started = time.perf_counter()
                 change()
-                latency = await published.wait(predicate, mark) - started
+                latency = published.arrival(await published.wait(predicate, mark)) - started
                 assert latency < 0.1, f"published {latency * 1000:.1f} ms after the change"
             assert_changes_add_up(published.snapshots)
 
     run(test)
 
 
+@pytest.mark.latency
 def test_change_is_answered_by_an_in_process_server_within_100ms(api, kubeconfig, frozen_heap):
     api.add(se("x", address="240.0.0.1"))
 
@@ -504,7 +462,7 @@ def test_410_gone_relists_quietly_and_keeps_watching(api, kubeconfig, source_log
             api.add(se("y", address="240.0.0.2"))
             await published.wait(has("a/x", "a/y"), mark)
             assert len(lists(api)) == 2
-            assert source.stats.syncs_failed == 0
+            assert source.stats().syncs_failed == 0
             assert records(source_logs, logging.WARNING) == []
             assert records(source_logs, logging.INFO, "expired; listing again")
 
@@ -544,7 +502,7 @@ def test_reconnect_after_dropped_streams(api, kubeconfig):
             mark = published.mark()
             api.add(se("y", "b", "240.0.0.2"))
             await published.wait(has("a/x", "b/y"), mark)
-            assert source.stats.watch_restarts == 2
+            assert source.stats().watch_restarts == 2
 
     run(test)
 
@@ -560,7 +518,7 @@ def test_hung_stream_is_noticed_by_the_inactivity_timeout(api, kubeconfig):
             await off(api.wait_for_watch, 1)
             started = time.perf_counter()
             api.add(se("y", address="240.0.0.2"))  # the hung watch never delivers it
-            waited = await published.wait(has("a/x", "a/y"), timeout=5) - started
+            waited = published.arrival(await published.wait(has("a/x", "a/y"), timeout=5)) - started
             assert waited > 0.3, "published before the inactivity timeout could have noticed the hung stream"
             await off(api.wait_for_watch, 2)
             mark = published.mark()
@@ -601,7 +559,7 @@ def test_dead_api_server_during_discovery_is_noticed(tmp_path):
     async def test() -> None:
         async with running(kubeconfig, settings) as (source, published):
             deadline = time.monotonic() + 5
-            while source.stats.syncs_failed < 1:
+            while source.stats().syncs_failed < 1:
                 assert time.monotonic() < deadline, "discovery against a dead server never timed out"
                 await asyncio.sleep(0.02)
             assert published.snapshots == []
@@ -649,7 +607,7 @@ def test_api_errors_back_off_keep_the_last_snapshot_and_warn_once(
             attempts = [r for r in api.requests[mark:] if (is_list if where == "list" else is_watch)(r)]
             assert len(attempts) == 5  # 4 failed, then the one that worked
             streak = failures(source_logs)
-            assert len(streak) == streak_length and source.stats.syncs_failed == streak_length
+            assert len(streak) == streak_length and source.stats().syncs_failed == streak_length
             assert len(records(source_logs, logging.WARNING)) == 1  # one warning per streak
             assert all(f"HTTP {status}" in record.getMessage() for record in streak[-4:])
             # jittered exponential backoff: the k-th wait is at least half of min(cap, initial * 2**k)
@@ -682,7 +640,7 @@ def test_reload_relists_at_once_without_a_warning(api, kubeconfig, source_logs):
             api.add(se("y", address="240.0.0.2"))
             await published.wait(has("a/x", "a/y"))
             assert len(lists(api, mark)) == 1
-            assert source.stats.syncs_ok == 2 and source.stats.syncs_failed == 0
+            assert source.stats().syncs_ok == 2 and source.stats().syncs_failed == 0
             assert records(source_logs, logging.WARNING) == []
             assert len(published.snapshots) == 2  # the unchanged relist published nothing
 
@@ -695,19 +653,18 @@ def test_stats_count_syncs_failures_and_watch_restarts(api, kubeconfig):
     async def test() -> None:
         before = time.time()
         async with running(kubeconfig) as (source, published):
-            stats = source.stats
             await published.wait(has("a/x"))
             await off(api.wait_for_open_watches, 1)
-            assert (stats.syncs_ok, stats.syncs_failed, stats.watch_restarts) == (1, 0, 0)
-            assert before <= stats.last_sync <= time.time()
-            first_sync = stats.last_sync
+            assert (source.stats().syncs_ok, source.stats().syncs_failed, source.stats().watch_restarts) == (1, 0, 0)
+            assert before <= source.stats().last_sync <= time.time()
+            first_sync = source.stats().last_sync
 
             watches = api.watch_count()
             api.drop_streams()  # one failure, one restart, and the watch resumes: no relist
             await off(api.wait_for_watch, watches + 1)
             await off(api.wait_for_open_watches, 1)
-            assert (stats.syncs_ok, stats.syncs_failed, stats.watch_restarts) == (1, 1, 1)
-            assert stats.last_sync == first_sync
+            assert (source.stats().syncs_ok, source.stats().syncs_failed, source.stats().watch_restarts) == (1, 1, 1)
+            assert source.stats().last_sync == first_sync
 
             api.fail_next(500, count=2, path_contains="limit=")
             api.gone_next_watch()
@@ -715,8 +672,8 @@ def test_stats_count_syncs_failures_and_watch_restarts(api, kubeconfig):
             await off(api.wait_for_request, lambda request: "limit" in request.query, since=len(api.requests))
             await off(api.wait_for_open_watches, 1)
             await off(api.wait_for_watch, watches + 3)
-            assert (stats.syncs_ok, stats.syncs_failed, stats.watch_restarts) == (2, 4, 3)
-            assert stats.last_sync > first_sync
+            assert (source.stats().syncs_ok, source.stats().syncs_failed, source.stats().watch_restarts) == (2, 4, 3)
+            assert source.stats().last_sync > first_sync
 
     run(test)
 
