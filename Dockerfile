@@ -19,9 +19,9 @@ WORKDIR /src
 # Only what the wheel is built from (.dockerignore keeps everything else out of the context).
 COPY pyproject.toml README.md ./
 COPY globaldns ./globaldns
-# globaldns itself and every runtime dependency, as wheels (all have binary wheels for amd64 and arm64,
-# so no compiler is needed).
-RUN pip wheel --wheel-dir /wheels .
+# globaldns itself with the grpc extra (--grpc) and every runtime dependency, as wheels (all have binary
+# wheels for amd64 and arm64, so no compiler is needed).
+RUN pip wheel --wheel-dir /wheels ".[grpc]"
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
@@ -61,7 +61,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
  && python3 -c 'import os, sys; p = os.path.realpath(sys.executable); os.setxattr(p, "security.capability", bytes.fromhex("0100000200040000000000000000000000000000")); print(p, "cap_net_bind_service=ep")' \
  && groupadd --system --gid 65532 globaldns \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin globaldns \
- && globaldns --version
+ && globaldns --version \
+ && python3 -c 'import globaldns.protocols.rpc'
 # Numeric, so Kubernetes can check runAsNonRoot without reading /etc/passwd.
 USER 65532:65532
 # DNS on UDP and TCP, metrics, /health, /ready: CoreDNS's ports.

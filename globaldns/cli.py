@@ -174,6 +174,23 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="forwarded replies kept (default 10000; 0: no cache)",
     )
     add(
+        "--grpc",
+        action="append",
+        type=_typed(config.parse_grpc),
+        metavar="HOST:PORT",
+        help="also serve CoreDNS's gRPC DnsService here, for a CoreDNS `grpc` upstream (repeatable; also "
+        "unix:///PATH; default off; needs the grpc extra)",
+    )
+    add("--grpc-tls-cert", metavar="PATH", help="serve --grpc over TLS with this certificate (PEM)")
+    add("--grpc-tls-key", metavar="PATH", help="the key of --grpc-tls-cert (PEM)")
+    add("--grpc-tls-ca", metavar="PATH", help="require --grpc clients to show a certificate this CA signed (PEM)")
+    add(
+        "--grpc-max-rpcs",
+        type=_typed(config.parse_count),
+        metavar="N",
+        help="gRPC queries in flight at once per --grpc address; more get RESOURCE_EXHAUSTED (default 4096)",
+    )
+    add(
         "--workers",
         type=_typed(config.parse_workers),
         metavar="N",
@@ -247,16 +264,33 @@ def parse_config(
     if args.command != "serve":
         return args.command, args
     given = {key: value for key, value in vars(args).items() if key != "command"}
-    for key in ("listen", "zones", "default_address", "upstream", "allow", "namespaces"):
+    for key in ("listen", "zones", "default_address", "upstream", "allow", "namespaces", "grpc"):
         if key in given:
             given[key] = tuple(dict.fromkeys(given[key]))
     if None in given.get("upstream", ()):
         if len(given["upstream"]) > 1:
             _subparser(parser, "serve").error("argument --upstream: none cannot be combined with addresses")
         given["upstream"] = ()
+    error = _subparser(parser, "serve").error
     if given.get("max_fails") == 0:
-        _subparser(parser, "serve").error("argument --max-fails: must be 1 or more")
+        error("argument --max-fails: must be 1 or more")
+    _check_grpc(given, error)
     return "serve", config.Config(**given)
+
+
+def _check_grpc(given: dict[str, Any], error: Callable[[str], Any]) -> None:
+    """The --grpc flags that only make sense together."""
+    tls = [f"--{key.replace('_', '-')}" for key in ("grpc_tls_cert", "grpc_tls_key", "grpc_tls_ca") if key in given]
+    if tls and "grpc" not in given:
+        error(f"argument {tls[0]}: needs --grpc")
+    if ("grpc_tls_cert" in given) != ("grpc_tls_key" in given):
+        error("argument --grpc-tls-cert: --grpc-tls-cert and --grpc-tls-key go together")
+    if "grpc_tls_ca" in given and "grpc_tls_cert" not in given:
+        error("argument --grpc-tls-ca: needs --grpc-tls-cert and --grpc-tls-key")
+    if given.get("grpc_max_rpcs") == 0:
+        error("argument --grpc-max-rpcs: must be 1 or more")
+    if given.get("workers", 1) > 1 and any(isinstance(address, config.UnixSocket) for address in given.get("grpc", ())):
+        error("argument --grpc: a Unix socket cannot be shared by --workers; give a HOST:PORT")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,6 +32,16 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class UnixSocket:
+    """A Unix socket to serve gRPC on (CoreDNS's grpc plugin dials unix:///path too)."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return f"unix://{self.path}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything a user can tell `globaldns serve`, each default once; only the server reads all of it."""
 
@@ -63,6 +73,11 @@ class Config:
     reload_interval: float = 1.0
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
+    grpc: tuple[Endpoint | UnixSocket, ...] = ()  # CoreDNS's DnsService (globaldns.protocols.rpc); (): off
+    grpc_tls_cert: str | None = None
+    grpc_tls_key: str | None = None
+    grpc_tls_ca: str | None = None  # given: clients must show a certificate it signed
+    grpc_max_rpcs: int = 4096  # in flight at once, over every connection of one --grpc address
     workers: int = 1  # processes serving the same --listen ports (globaldns.supervisor); 1: this process alone
 
 
@@ -82,6 +97,16 @@ def parse_endpoint(text: str) -> Endpoint:
     if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{port!r} in {text!r} is not a port (0-65535)")
     return Endpoint(host, int(port))
+
+
+def parse_grpc(text: str) -> Endpoint | UnixSocket:
+    """HOST:PORT as for --listen, or unix:///absolute/path."""
+    if not text.startswith("unix:"):
+        return parse_endpoint(text)
+    path = text.removeprefix("unix://") if text.startswith("unix://") else text.removeprefix("unix:")
+    if not path.startswith("/"):
+        raise ConfigError(f"{text!r} is not unix:///ABSOLUTE/PATH")
+    return UnixSocket(path)
 
 
 def parse_zone(text: str) -> str:

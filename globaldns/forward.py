@@ -281,7 +281,7 @@ class _Link:
         """Every datagram waiting: one that answers a waiting try is its reply; anything else is ignored."""
         while self.sock.fileno() >= 0:  # a reply handled may have retired and closed it
             try:
-                reply = self.sock.recv(65535)
+                reply = self.sock.recv(wire.MAX_MESSAGE)
             except BlockingIOError:
                 return
             except OSError as error:  # ICMP port unreachable, reported on a connected socket

@@ -1,4 +1,4 @@
-"""One server: builds the parts from Config, binds UDP+TCP listeners and probes, runs the source, handles signals.
+"""One server: builds the parts from Config, binds UDP+TCP (and gRPC) listeners and probes, runs the source, signals.
 
 Lifecycle: not ready until the first snapshot is compiled and every listener is bound; SIGTERM turns
 /ready to 503 at once, keeps serving for --lameduck seconds, then closes listeners and exits 0.
@@ -13,6 +13,8 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
+from types import ModuleType
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import generate_latest
@@ -20,7 +22,7 @@ from prometheus_client.exposition import generate_latest
 from globaldns import heap, logs
 from globaldns.cache import Cache
 from globaldns.compiler import Compiler
-from globaldns.config import Config, Endpoint, read_resolv_conf
+from globaldns.config import Config, Endpoint, UnixSocket, read_resolv_conf
 from globaldns.errors import ConfigError
 from globaldns.forward import Forwarder
 from globaldns.metrics import DNSCollector, Readings
@@ -45,6 +47,11 @@ class ServerState:
         self.started = asyncio.Event()  # every listener and probe is bound
         self.stopping = False
         self.connections: set[TCPProtocol] = set()
+        self.watchers: list[Callable[[], None]] = []  # told when readiness may have changed (gRPC health)
+
+    def changed(self) -> None:
+        for watcher in self.watchers:
+            watcher()
 
     def not_ready(self) -> str | None:
         """Why /ready is 503, or None when ready."""
@@ -91,6 +98,17 @@ def _reaches(upstream: Endpoint, own: Endpoint) -> bool:
     return loopback and own.host in ("0.0.0.0", "::")
 
 
+def grpc_protocol() -> ModuleType:
+    """globaldns.protocols.rpc, or the ConfigError that says what to install."""
+    try:
+        from globaldns.protocols import rpc
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.partition(".")[0] != "grpc":
+            raise
+        raise ConfigError("--grpc needs grpcio: pip install 'globaldns[grpc]'") from None
+    return rpc
+
+
 def build_source(config: Config) -> Source:
     """Files when --service-entries is given, else the Kubernetes API (credentials are checked now)."""
     if config.service_entries is None:
@@ -118,6 +136,8 @@ class Server:
             default_addresses=config.default_address,
             auto_allocate=config.auto_allocate,
         )
+        self.rpc = grpc_protocol() if config.grpc else None
+        self.grpc_credentials = self._grpc_credentials()
         initial = self.compiler.unsynced()
         self.resolver = resolver_class(initial, forwarder, Cache(config.cache_size), config.allow)
         self.exit_code = 0
@@ -132,13 +152,25 @@ class Server:
         self._snapshot_ready = asyncio.Event()
         self.started, self.loaded = self.state.started, self.state.loaded  # what tests and callers wait for
         self.dns_ports: list[int] = []
+        self.grpc_ports: list[int] = []  # 0 for a Unix socket
         self.http_ports: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.Server] = []
         self._http: list[asyncio.Server] = []
+        self._grpc: list = []  # grpc.aio.Server
         self._tasks: list[asyncio.Task] = []
+
+    def _grpc_credentials(self) -> object | None:
+        """--grpc-tls-*, read now: a file that cannot be read is a bad flag (exit 2), not a failure to serve."""
+        config = self.config
+        if self.rpc is None or config.grpc_tls_cert is None or config.grpc_tls_key is None:
+            return None
+        try:
+            return self.rpc.credentials(config.grpc_tls_cert, config.grpc_tls_key, config.grpc_tls_ca)
+        except OSError as error:
+            raise ConfigError(f"--grpc TLS: {error.filename}: {error.strerror}") from None
 
     def readings(self) -> Readings:
         """What /metrics reads: each part's stats(), and the snapshot and listeners this server holds."""
@@ -209,6 +241,7 @@ class Server:
                 changed,
             )
             self.loaded.set()
+            self.state.changed()
 
     def _guard(self, task: asyncio.Task) -> None:
         """A source or compiler that ends is a bug: log it and stop, so Kubernetes restarts the pod."""
@@ -263,6 +296,38 @@ class Server:
             return port
         raise AssertionError("unreachable")
 
+    async def _listen_grpc(self, address: Endpoint | UnixSocket) -> int:
+        """One gRPC server on address, with the counters CoreDNS keeps for a grpc:// server block."""
+        rpc, config = self.rpc, self.config
+        assert rpc is not None
+        if isinstance(address, UnixSocket):
+            target, family, label = f"unix:{address.path}", 1, str(address)
+        else:
+            target, family, label = str(address), 2 if ":" in address.host else 1, ""
+        counters = Counters(label, "tcp", family) if config.metrics is not None else None
+
+        def status() -> int:
+            return rpc.SERVING if self.state.not_ready() is None else rpc.NOT_SERVING
+
+        service = rpc.DnsService(self.resolver, counters, status)
+        grpc_server = rpc.server(service, config.grpc_max_rpcs, self.reuse_port)
+        try:
+            if self.grpc_credentials is None:
+                port = grpc_server.add_insecure_port(target)
+            else:
+                port = grpc_server.add_secure_port(target, self.grpc_credentials)
+        except RuntimeError as error:  # grpc says only that it failed to bind
+            raise OSError(f"--grpc {address}: cannot bind ({error})") from None
+        await grpc_server.start()
+        self._grpc.append(grpc_server)
+        self.state.watchers.append(service.notify)
+        if isinstance(address, UnixSocket):
+            port = 0
+        if counters is not None:
+            counters.server = label or server_label(address.host, port, "grpc")  # type: ignore[union-attr]
+            self.counters.append(counters)
+        return port
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -283,13 +348,21 @@ class Server:
                 raise OSError(f"--listen {endpoint}: {error.strerror}") from error
             self.dns_ports.append(port)
             self.server_labels[len(self.dns_ports) - 1] = server_label(endpoint.host, port)
+        for address in self.config.grpc:
+            self.grpc_ports.append(await self._listen_grpc(address))
         self.started.set()
+        self.state.changed()
         log.info("%s", self.describe())
 
     def describe(self) -> str:
         """The start-up line: what is served, where, and from what."""
         config = self.config
         where = " and ".join(str(Endpoint(e.host, port)) for e, port in zip(config.listen, self.dns_ports, strict=True))
+        where += " (udp, tcp)"
+        if config.grpc:
+            grpc = zip(config.grpc, self.grpc_ports, strict=True)
+            bound = [str(a if isinstance(a, UnixSocket) else Endpoint(a.host, port)) for a, port in grpc]
+            where += f" and {' and '.join(bound)} (grpc{', tls' if self.grpc_credentials else ''})"
         source = self.source.name + (f" {config.service_entries}" if config.service_entries else "")
         forwarder = self.resolver.forwarder
         if forwarder is None:
@@ -299,7 +372,7 @@ class Server:
             forwarding = f"forwarding to {upstreams} ({forwarder.policy}), cache {config.cache_size} entries"
         zones = ", ".join(config.zones)
         endpoints = describe(config, self.http_ports)
-        return f"serving DNS on {where} (udp, tcp), zones {zones} from {source}; {forwarding}; {endpoints}"
+        return f"serving DNS on {where}, zones {zones} from {source}; {forwarding}; {endpoints}"
 
     def _metrics(self) -> Answer:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
@@ -318,6 +391,7 @@ class Server:
             self._force.set()
             return
         self.state.stopping = True
+        self.state.changed()
         log.info("shutting down: not ready, serving for %.1fs more", self.config.lameduck)
         self._stop.set()
 
@@ -339,6 +413,8 @@ class Server:
             server.close()
         for connection in list(self.state.connections):
             connection.close()
+        # RPCs in flight finish first (a forwarded one within the forward deadline): then forwarding is cancelled
+        await asyncio.gather(*(server.stop(self.config.forward_deadline) for server in self._grpc))
         await self.resolver.close()
         for task in self._tasks:
             task.cancel()

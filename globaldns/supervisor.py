@@ -1,4 +1,4 @@
-"""--workers N: a supervisor above N worker processes that share every --listen port through SO_REUSEPORT.
+"""--workers N: a supervisor above N worker processes that share every --listen and --grpc port (SO_REUSEPORT).
 
 Each worker (globaldns.worker) is a whole server with its own source, table, cache and upstream pool; the kernel spreads
 queries over the workers' sockets, so answering one needs no IPC at all. The supervisor holds the pod's /health,
@@ -76,11 +76,13 @@ class Supervisor:
         return self.exit_code
 
     async def _start(self) -> None:
-        listen = tuple(self._reserve(endpoint) for endpoint in self.config.listen)
+        listen = tuple(self._reserve(endpoint, "--listen") for endpoint in self.config.listen)
+        grpc = tuple(self._reserve(endpoint, "--grpc", udp=False) for endpoint in self.config.grpc)  # type: ignore[arg-type]
         self._http, self.http_ports = await serve_endpoints(self.config, self._ready, self._metrics, self._table)
         config = dataclasses.replace(
             self.config,
             listen=listen,
+            grpc=grpc,
             workers=1,
             health=PRIVATE,
             ready=PRIVATE,
@@ -92,15 +94,17 @@ class Supervisor:
         for sock in self._held:  # the workers hold the ports now
             sock.close()
         if not self.stopping:
-            where = " and ".join(map(str, listen))
+            where = " and ".join(map(str, listen)) + " (udp, tcp)"
+            if grpc:
+                where += " and " + " and ".join(map(str, grpc)) + " (grpc)"
             endpoints = describe(self.config, self.http_ports)
-            log.info("serving DNS on %s (udp, tcp) with %d workers; %s", where, self.config.workers, endpoints)
+            log.info("serving DNS on %s with %d workers; %s", where, self.config.workers, endpoints)
 
-    def _reserve(self, endpoint: Endpoint) -> Endpoint:
+    def _reserve(self, endpoint: Endpoint, flag: str, udp: bool = True) -> Endpoint:
         try:
-            reserved, held = reserve(endpoint)
+            reserved, held = reserve(endpoint, udp)
         except OSError as error:
-            raise OSError(f"--listen {endpoint}: {error.strerror}") from error
+            raise OSError(f"{flag} {endpoint}: {error.strerror}") from error
         self._held += held
         return reserved
 
@@ -209,31 +213,33 @@ async def _get(worker: Worker, flag: str, path: str, timeout: float) -> tuple[in
         return 0, b"not answering"
 
 
-def reserve(endpoint: Endpoint) -> tuple[Endpoint, list[socket.socket]]:
-    """The address every worker binds, checked before any starts. A fixed port must be free: it is bound once
-    without SO_REUSEPORT, so that another process's reuseport group there (another globaldns) is an error rather than
-    a silent share. Port 0 becomes a port the kernel picks, held with SO_REUSEPORT until the workers have bound it
-    too: TCP bound but not listening (it accepts nothing), UDP bound (it would take a share of the queries sent
-    before the workers are ready, and is closed as soon as they are)."""
+def reserve(endpoint: Endpoint, udp: bool = True) -> tuple[Endpoint, list[socket.socket]]:
+    """The address every worker binds (TCP, and UDP unless udp is False: --grpc), checked before any starts. A
+    fixed port must be free: it is bound once without SO_REUSEPORT, so that another process's reuseport group there
+    (another globaldns) is an error rather than a silent share. Port 0 becomes a port the kernel picks, held with
+    SO_REUSEPORT until the workers have bound it too: TCP bound but not listening (it accepts nothing), UDP bound (it
+    would take a share of the queries sent before the workers are ready, and is closed as soon as they are)."""
     family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
     shared = endpoint.port == 0
     for attempt in range(BIND_ATTEMPTS):
-        tcp, udp = socket.socket(family, socket.SOCK_STREAM), socket.socket(family, socket.SOCK_DGRAM)
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        held = [tcp, socket.socket(family, socket.SOCK_DGRAM)] if udp else [tcp]
         try:
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the workers: TIME_WAIT is no conflict
-            for sock in (tcp, udp):
+            for sock in held:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, shared)
             tcp.bind((endpoint.host, endpoint.port))
-            udp.bind((endpoint.host, tcp.getsockname()[1]))
+            if udp:
+                held[1].bind((endpoint.host, tcp.getsockname()[1]))
         except OSError:
-            tcp.close()
-            udp.close()
+            for sock in held:
+                sock.close()
             if shared and attempt < BIND_ATTEMPTS - 1:
                 continue  # the port TCP got is taken for UDP: another one
             raise
         if shared:
-            return Endpoint(endpoint.host, tcp.getsockname()[1]), [tcp, udp]
-        tcp.close()
-        udp.close()
+            return Endpoint(endpoint.host, tcp.getsockname()[1]), held
+        for sock in held:
+            sock.close()
         return endpoint, []
     raise AssertionError("unreachable")

@@ -96,8 +96,8 @@ class Durations(dict[int, list[float]]):
         series[-1] += seconds
 
 
-def server_label(host: str, port: int) -> str:
-    """CoreDNS's `server` label: dns://:53 for every address, dns://127.0.0.1:53 for one."""
+def server_label(host: str, port: int, scheme: str = "dns") -> str:
+    """CoreDNS's `server` label: dns://:53 for every address, dns://127.0.0.1:53 for one (grpc:// for gRPC)."""
     if host in ("0.0.0.0", "::"):
-        return f"dns://:{port}"
-    return f"dns://[{host}]:{port}" if ":" in host else f"dns://{host}:{port}"
+        return f"{scheme}://:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"

@@ -34,6 +34,7 @@ HEADER_SIZE = 12
 UDP_MIN = 512  # RFC 1035: what a client without EDNS accepts
 EDNS_UDP_SIZE = 1232  # what we advertise (DNS flag day 2020)
 MAX_NAME = 255
+MAX_MESSAGE = 65535  # the largest DNS message: what a TCP length prefix can say
 
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _COUNTS = struct.Struct("!HHHH")

@@ -301,3 +301,65 @@ V10, V11 = Endpoint("10.0.0.10", 53), Endpoint("10.0.0.11", 53)
 )
 def test_forwarding_flags(argv, environ, expected):
     assert changed(serve(*argv, **environ)) == expected
+
+
+# --- gRPC ------------------------------------------------------------------------------------------------------
+
+TLS = ["--grpc-tls-cert", "c.pem", "--grpc-tls-key", "k.pem"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        pytest.param(["--grpc", "127.0.0.1:8053"], {}, {"grpc": (Endpoint("127.0.0.1", 8053),)}, id="grpc"),
+        pytest.param(
+            ["--grpc", "127.0.0.1:8053", "--grpc", "unix:///run/dns.sock", "--grpc", "127.0.0.1:8053"],
+            {},
+            {"grpc": (Endpoint("127.0.0.1", 8053), config.UnixSocket("/run/dns.sock"))},
+            id="grpc-repeated-dedup",
+        ),
+        pytest.param([], {"GLOBALDNS_GRPC": ":8053"}, {"grpc": (Endpoint("0.0.0.0", 8053),)}, id="env-grpc"),
+        pytest.param(
+            ["--grpc", "[::1]:8053", *TLS, "--grpc-tls-ca", "ca.pem"],
+            {},
+            {
+                "grpc": (Endpoint("::1", 8053),),
+                "grpc_tls_cert": "c.pem",
+                "grpc_tls_key": "k.pem",
+                "grpc_tls_ca": "ca.pem",
+            },
+            id="tls",
+        ),
+        pytest.param(
+            ["--grpc", ":1", "--grpc-max-rpcs", "10"], {}, {"grpc": (Endpoint("0.0.0.0", 1),), "grpc_max_rpcs": 10}
+        ),
+        pytest.param(
+            ["--grpc", ":1", "--workers", "2"], {}, {"grpc": (Endpoint("0.0.0.0", 1),), "workers": 2}, id="workers"
+        ),
+    ],
+)
+def test_grpc_flags(argv, environ, expected):
+    assert changed(serve(*argv, **environ)) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "named", "says"),
+    [
+        pytest.param(["--grpc", "8053"], "--grpc", "HOST:PORT", id="no-port"),
+        pytest.param(["--grpc", "unix:run/dns.sock"], "--grpc", "unix:///ABSOLUTE/PATH", id="relative-unix"),
+        pytest.param(TLS, "--grpc-tls-cert", "needs --grpc", id="tls-without-grpc"),
+        pytest.param(["--grpc", ":1", TLS[0], TLS[1]], "--grpc-tls-cert", "go together", id="cert-without-key"),
+        pytest.param(["--grpc", ":1", TLS[2], TLS[3]], "--grpc-tls-cert", "go together", id="key-without-cert"),
+        pytest.param(["--grpc", ":1", "--grpc-tls-ca", "ca.pem"], "--grpc-tls-ca", "needs --grpc-tls-cert", id="ca"),
+        pytest.param(["--grpc", ":1", "--grpc-max-rpcs", "0"], "--grpc-max-rpcs", "1 or more", id="max-rpcs-0"),
+        pytest.param(
+            ["--grpc", "unix:///run/dns.sock", "--workers", "2"], "--grpc", "Unix socket cannot be shared", id="unix"
+        ),
+    ],
+)
+def test_bad_grpc_flags_exit_2_naming_the_flag(capsys, argv, named, says):
+    with pytest.raises(SystemExit) as exited:
+        cli.parse_config(["serve", *argv], {})
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {named}" in error and says in error

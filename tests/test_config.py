@@ -61,6 +61,26 @@ def test_parse_endpoint(text, expected):
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:8053", Endpoint("127.0.0.1", 8053)),
+        ("[::1]:8053", Endpoint("::1", 8053)),
+        ("unix:///run/globaldns.sock", config.UnixSocket("/run/globaldns.sock")),
+        ("unix:/run/globaldns.sock", config.UnixSocket("/run/globaldns.sock")),
+    ],
+)
+def test_parse_grpc(text, expected):
+    assert config.parse_grpc(text) == expected
+    assert str(expected) in (text, "unix:///run/globaldns.sock")
+
+
+@pytest.mark.parametrize("text", ["unix://run/dns.sock", "unix:", "unix:relative", "8053", "host:8053"])
+def test_parse_grpc_rejects(text):
+    with pytest.raises(ConfigError):
+        config.parse_grpc(text)
+
+
+@pytest.mark.parametrize(
     "text",
     [
         pytest.param("nohost", id="no-colon"),

@@ -22,12 +22,14 @@ from typing import Any
 import pytest
 import yaml
 
+from globaldns import cli
+from globaldns.config import Endpoint
 from tests.processes import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 DOCKERFILE = REPO / "Dockerfile"
-KUSTOMIZATIONS = ["base", "overlays/stub-zone", "overlays/gateway-sidecar"]
+KUSTOMIZATIONS = ["base", "overlays/stub-zone", "overlays/gateway-sidecar", "overlays/istiocoredns-grpc"]
 IN_CI = bool(os.environ.get("CI"))  # CI=true: nothing here may be skipped for a missing tool or index
 # Every rendered object must have a schema in kubernetes-validate. Objects of other API groups (CRDs) would
 # need their own schema; none are shipped, so this stays empty and an unknown kind fails the test.
@@ -318,15 +320,22 @@ def test_gateway_sidecar_overlay():
     assert mounts <= {v["name"] for v in pod["volumes"]}
 
 
-def test_gateway_sidecar_install_paths_of_the_readme():
+@pytest.mark.parametrize(
+    ("name", "stand_in", "patch", "deployment"),
+    [
+        ("gateway-sidecar", "gateway-stand-in.yaml", "globaldns-sidecar.yaml", "istio-eastwestgateway"),
+        ("istiocoredns-grpc", "istiocoredns-stand-in.yaml", "globaldns-grpc.yaml", "istiocoredns"),
+    ],
+)
+def test_install_paths_of_the_overlay_readmes(name, stand_in, patch, deployment):
     """The overlay's README: `kubectl apply -k ... -l app.kubernetes.io/name=globaldns` applies the RBAC and not
-    the stand-in, and `kubectl patch` of a gateway with globaldns-sidecar.yaml gives what the overlay renders."""
-    objects = render("overlays/gateway-sidecar")
+    the stand-in, and `kubectl patch` of the live Deployment with the overlay's patch gives what it renders."""
+    objects = render(f"overlays/{name}")
     labelled = [o for o in objects if o["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "globaldns"]
     assert sorted(o["kind"] for o in labelled) == ["ClusterRole", "ClusterRoleBinding"]
-    overlay = DEPLOY / "overlays/gateway-sidecar"
+    overlay = DEPLOY / "overlays" / name
     command = [tool("kubectl"), "patch", "--local", "-o", "yaml", "--type", "strategic"]
-    command += ["-f", str(overlay / "gateway-stand-in.yaml"), "--patch-file", str(overlay / "globaldns-sidecar.yaml")]
+    command += ["-f", str(overlay / stand_in), "--patch-file", str(overlay / patch)]
     patched = subprocess.run(
         command,
         capture_output=True,
@@ -334,8 +343,49 @@ def test_gateway_sidecar_install_paths_of_the_readme():
         timeout=60,
     )
     assert patched.returncode == 0, patched.stderr
-    rendered = find(objects, "Deployment", "istio-eastwestgateway")
+    rendered = find(objects, "Deployment", deployment)
     assert yaml.safe_load(patched.stdout)["spec"]["template"] == rendered["spec"]["template"]
+
+
+COREDNS_PORTS = {53, 8080, 8181, 9153}  # what CoreDNS holds in an istiocoredns pod: DNS, health, ready, metrics
+
+
+def test_istiocoredns_grpc_overlay():
+    objects = render("overlays/istiocoredns-grpc")
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == [
+        ("ClusterRole", "globaldns"),
+        ("ClusterRoleBinding", "globaldns-istiocoredns"),
+        ("Deployment", "istiocoredns"),
+    ]
+    assert find(objects, "ClusterRole", "globaldns") == find(render("base"), "ClusterRole", "globaldns")
+    deployment = find(objects, "Deployment", "istiocoredns")
+    pod = deployment["spec"]["template"]["spec"]
+    binding = find(objects, "ClusterRoleBinding", "globaldns-istiocoredns")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": deployment["metadata"]["namespace"]}
+    ]
+    # The plugin container is gone, CoreDNS's is untouched, globaldns takes the plugin's place.
+    assert sorted(c["name"] for c in pod["containers"]) == ["coredns", "globaldns"]
+    stand_in = yaml.safe_load((DEPLOY / "overlays/istiocoredns-grpc/istiocoredns-stand-in.yaml").read_text())
+    assert container(deployment, "coredns") == container(stand_in, "coredns")
+
+    globaldns = container(deployment, "globaldns")
+    base = container(find(render("base"), "Deployment", "globaldns"), "globaldns")
+    assert globaldns["image"] == base["image"]
+    assert globaldns["securityContext"] == base["securityContext"]
+    assert globaldns["args"][0] == "serve"
+    _, parsed = cli.parse_config(globaldns["args"], {})  # globaldns itself takes them
+    assert parsed.grpc == (Endpoint("127.0.0.1", 8053),)  # where the Corefile's `grpc global 127.0.0.1:8053` sends
+    assert parsed.upstream == ()  # CoreDNS forwards the other names itself
+    args = flags(globaldns["args"])
+    http = {name: port_of(args[name][0]) for name in ("health", "ready", "metrics")}
+    own = {*http.values(), 8053, *(port_of(value) for value in args["listen"])}
+    assert not own & COREDNS_PORTS and len(own) == 5
+    assert all(args[name][0].startswith("0.0.0.0:") for name in http)  # the kubelet probes the pod IP
+    assert globaldns["livenessProbe"]["httpGet"] == {"path": "/health", "port": http["health"]}
+    assert globaldns["readinessProbe"]["httpGet"] == {"path": "/ready", "port": http["ready"]}
+    assert {p["containerPort"] for p in globaldns["ports"]} == set(http.values())
+    assert {m["name"] for m in globaldns["volumeMounts"]} <= {v["name"] for v in pod["volumes"]}
 
 
 # --- the Dockerfile -----------------------------------------------------------------------------------------
@@ -381,7 +431,7 @@ def test_dockerfile_shape():
     (install,) = [i for i in final if i.startswith("RUN --mount=type=bind,from=builder")]
     assert "pip install --no-cache-dir --no-index" in install
     assert "pip uninstall --yes --no-cache-dir --disable-pip-version-check pip setuptools wheel" in install
-    assert "RUN pip wheel --wheel-dir /wheels ." in builder
+    assert 'RUN pip wheel --wheel-dir /wheels ".[grpc]"' in builder  # the image serves --grpc too
     assert "USER 65532:65532" in final
     assert "EXPOSE 53/udp 53/tcp 9153 8080 8181" in final
     assert final[-2:] == ['ENTRYPOINT ["globaldns"]', 'CMD ["serve"]']
@@ -566,7 +616,16 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             shutil.copy(path, context / source)
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--wheel-dir", str(wheels), str(context)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--disable-pip-version-check",
+            "--wheel-dir",
+            str(wheels),
+            f"{context}[grpc]",
+        ],
         capture_output=True,
         text=True,
         timeout=240,
@@ -592,9 +651,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_image_install_steps_give_a_working_server(installed: Path):
     version = subprocess.run([installed / "bin/globaldns", "--version"], capture_output=True, text=True, timeout=30)
     assert version.returncode == 0 and "0.1.0" in version.stdout + version.stderr
-    # The image runs in a cluster without --service-entries: the Kubernetes source must import there too.
+    # The image runs in a cluster without --service-entries, and with --grpc behind CoreDNS: both must import.
     imports = subprocess.run(
-        [installed / "bin/python", "-c", "import globaldns.sources.kubernetes"], capture_output=True, text=True
+        [installed / "bin/python", "-c", "import globaldns.sources.kubernetes, globaldns.protocols.rpc"],
+        capture_output=True,
+        text=True,
     )
     assert imports.returncode == 0, imports.stderr
     server = ServerProcess("--service-entries", str(REPO / "examples"), program=[str(installed / "bin/globaldns")])

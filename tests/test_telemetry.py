@@ -112,6 +112,11 @@ def test_server_label(host: str, port: int, label: str):
     assert server_label(host, port) == label
 
 
+def test_server_label_of_a_grpc_server():
+    assert server_label("127.0.0.1", 8053, "grpc") == "grpc://127.0.0.1:8053"
+    assert server_label("0.0.0.0", 8053, "grpc") == "grpc://:8053"
+
+
 @pytest.mark.parametrize(
     ("nanoseconds", "bucket"),
     [(1, 0), (250_000, 0), (250_001, 1), (500_000, 1), (500_001, 2), (8_192_000_000, 15), (8_192_000_001, 16)],
