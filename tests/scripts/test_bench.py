@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -12,15 +13,22 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+NEEDS_DNSPERF = pytest.mark.skipif(shutil.which("dnsperf") is None and not os.environ.get("CI"), reason="no dnsperf")
+
+
+def quick(script: str) -> list[str]:
+    """The lines `scripts/SCRIPT --quick` prints; it must exit 0."""
+    command = [sys.executable, str(REPO / "scripts" / script), "--quick"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=110)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
 @pytest.mark.bench
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(shutil.which("dnsperf") is None and not __import__("os").environ.get("CI"), reason="no dnsperf")
+@NEEDS_DNSPERF
 def test_bench_quick_runs():
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench.py"), "--quick"], capture_output=True, text=True, timeout=110
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    lines = quick("bench.py")
     assert lines[0].startswith("dnsperf -c 10 -q 100")
     for workload in ("W1 A hits", "W3 cache hits", "W1 tcp", "W1 edns"):
         row = next(line for line in lines if line.startswith(workload))
@@ -51,3 +59,12 @@ def test_each_w5_run_asks_names_no_other_run_asked(monkeypatch: pytest.MonkeyPat
     assert [len(set(names)) for names in runs] == [1000, 1000]
     assert not set(runs[0]) & set(runs[1])
     assert all(line.endswith(".miss.example.com A") for line in runs[0] + runs[1])
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(120)
+@NEEDS_DNSPERF
+def test_bench_grpc_quick_runs():
+    fields = [line.split() for line in quick("bench_grpc.py")]
+    rows = {row[0]: row[1:] for row in fields if row[0] in ("udp", "grpc") and row[1] != "/"}
+    assert float(rows["udp"][0].replace(",", "")) > 0 and float(rows["grpc"][0].replace(",", "")) > 0
