@@ -27,8 +27,7 @@ Exit status: 0 after a clean stop, 1 when serving failed (a port in use, a sourc
 2 for a bad flag, file or credentials."""
 
 ENV_PREFIX = "GLOBALDNS_"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = config.FALSE | {""}  # GLOBALDNS_AUTO_ALLOCATE= leaves a switch off
 
 
 def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -114,6 +113,20 @@ def _serve_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="how often to look for changed files (default 1; 0: only on SIGHUP)",
     )
     add("--ttl", type=_typed(config.parse_ttl), metavar="SECONDS", help="TTL of answers (default 30)")
+    add(
+        "--negative-ttl",
+        type=_typed(config.parse_ttl),
+        metavar="SECONDS",
+        help="how long NXDOMAIN and NODATA answers may be cached: the SOA's TTL and minimum (default: --ttl, at "
+        "most 300)",
+    )
+    add(
+        "--ptr",
+        type=_typed(config.parse_bool),
+        metavar="true|false",
+        help="answer reverse lookups (PTR) of the addresses exactly one host has; other reverse names are forwarded "
+        "(default true)",
+    )
     add(
         "--health",
         type=_typed(config.parse_endpoint),
@@ -235,7 +248,7 @@ def _from_env(parser: argparse.ArgumentParser, args: argparse.Namespace, environ
             continue
         try:
             if isinstance(action, argparse._StoreConstAction):
-                if text.strip().lower() not in _TRUE | _FALSE:
+                if text.strip().lower() not in config.TRUE | _FALSE:
                     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
                 if text.strip().lower() in _FALSE:
                     continue

@@ -8,20 +8,23 @@ patches is passed in and only read here (the loop reads it too), and changed onl
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from globaldns import heap, records, wire
+from globaldns.allocate import Pool
 from globaldns.config import IPAddress
 from globaldns.name import to_wire
-from globaldns.serviceentry import ServiceEntry
-from globaldns.table import OTHER, Host, Patch, Records, Table, Zone
+from globaldns.serviceentry import Port, ServiceEntry
+from globaldns.table import OTHER, SLOT_COUNT, SLOTS, Host, Patch, Records, Table, Zone
 from globaldns.telemetry import PLUGIN, outcome
 
 AUTO_V4 = ipaddress.ip_network("240.240.0.0/16")
 AUTO_V6 = ipaddress.ip_network("2001:2::/48")
+REVERSE_ZONES = {4: "in-addr.arpa.", 6: "ip6.arpa."}  # the zone label of PTR answers in the metrics
 
 
 def compile(
@@ -30,15 +33,10 @@ def compile(
     *,
     ttl: int,
     serial: int,
-    recursion: bool = False,
-    default_addresses: Sequence[IPAddress] = (),
-    auto_allocate: bool = False,
+    **options: Any,
 ) -> Table:
-    """Build a table once, with nothing kept for later patches (`check`, tests)."""
-    compiler = Compiler(
-        zones, ttl=ttl, recursion=recursion, default_addresses=default_addresses, auto_allocate=auto_allocate
-    )
-    return compiler.build(tuple(entries), serial)
+    """Build a table once, with nothing kept for later patches (`check`, tests); options as for Compiler."""
+    return Compiler(zones, ttl=ttl, **options).build(tuple(entries), serial)
 
 
 class Compiler:
@@ -51,19 +49,27 @@ class Compiler:
         zones: Sequence[str],
         *,
         ttl: int,
+        negative_ttl: int | None = None,
         recursion: bool = False,
         default_addresses: Sequence[IPAddress] = (),
         auto_allocate: bool = False,
+        ptr: bool = True,
     ) -> None:
         self.zone_names = tuple(sorted(zones, key=len, reverse=True))  # longest first: the innermost zone wins
         self.ttl = ttl
+        # the SOA's TTL and minimum; by default --ttl, at most 5 minutes (what negative answers were always held)
+        self.negative_ttl = min(ttl, records.SOA_MAX_TTL) if negative_ttl is None else negative_ttl
         self.recursion = recursion
         self.default_addresses = tuple(default_addresses)
         self.auto_allocate = auto_allocate
+        self.ptr = ptr
         self._zones: dict[str, Zone] = {}
         self._claims: dict[str, tuple[ServiceEntry, ...]] = {}  # host -> every entry that names it (a tuple: 40 B
         # less than a list, and nearly every host has one)
         self._below: dict[str, int] = {}  # name -> served names strictly below it (empty non-terminal if > 0)
+        self._holders: dict[IPAddress, str | set[str]] = {}  # address -> the served host (or hosts) that have it
+        self._held_before: dict[IPAddress, int] = {}  # holders of each address changed by _place, before it
+        self._pools = (Pool(AUTO_V4), Pool(AUTO_V6))
 
     def unsynced(self) -> Table:
         """The table before the first snapshot: zones only, whose every answer is SERVFAIL (nothing is known yet,
@@ -72,7 +78,7 @@ class Compiler:
         for name in self.zone_names:
             heads = wire.reply_heads(wire.SERVFAIL, 0, 0, self.recursion, aa=False)
             failure = (heads, (b"",), outcome(name + ".", wire.SERVFAIL, PLUGIN))
-            _add_zone(table, Zone(name, to_wire(name), failure, failure, (failure,) * 6))
+            _add_zone(table, Zone(name, to_wire(name), failure, failure, (failure,) * SLOT_COUNT))
         return table
 
     @heap.collector_paused()
@@ -82,28 +88,34 @@ class Compiler:
         self._zones = {name: self._zone(name, serial) for name in self.zone_names}
         for zone in self._zones.values():
             _add_zone(table, zone)
-        self._claims, self._below = {}, {}
+        self._claims, self._below, self._holders = {}, {}, {}
+        self._pools = (Pool(AUTO_V4), Pool(AUTO_V6))
         for entry in entries:
             self._claim(entry)
+        winners: dict[str, Host | None] = {}
         for name, claimants in self._claims.items():
-            host, lost = self._winner(name, claimants)
+            winners[name], lost = self._winner(name, claimants)
             if lost:
                 table.conflicts[name] = lost
-            if host is not None:
-                table.hosts[name] = host
-                self._count_below(host, 1)
-        for host in table.hosts.values():
-            found = self._address_records(host.addresses, self._zones[host.zone])
+        placed, addresses = self._place(winners, {})
+        names = set(self.zone_names)
+        for host in placed.values():
+            if host is None:
+                continue
+            table.add_host(host)
+            served = served_names(host)
+            for name in served:
+                self._count_below(name, host.zone, 1)
             if host.name.startswith("*."):
-                table.wildcards[to_wire(host.name[2:])] = found
+                table.wildcards[to_wire(host.name[2:])] = self._address_records(host.addresses, self._zones[host.zone])
             else:
-                table.names[to_wire(host.name)] = found
-        for name in self._below:  # after every wildcard is known: they answer the empty non-terminals below them
-            if name not in table.hosts:
-                wire_name = to_wire(name)
-                table.names[wire_name] = self._empty_records(table, wire_name, self._zones[self._zone_of(name)])
-        for zone in self._zones.values():
-            table.names[zone.wire_name] = self._apex_records(zone, table.names.get(zone.wire_name, zone.empty))
+                names.update(served)
+        names.update(self._below)
+        for name in names:  # after every wildcard is known: they answer the empty non-terminals below them
+            found = self._records_of(table, name, table.hosts.get)
+            if found is not None:
+                table.names[to_wire(name)] = found
+        self._add_pointers(table.names, addresses, table.hosts.get, removals=False)  # type: ignore[arg-type]
         return table
 
     def patch(
@@ -129,24 +141,36 @@ class Compiler:
         for entry in added:
             touched.update(self._claim(entry))
         patch = Patch(serial)
+        winners: dict[str, Host | None] = {}
         for name in touched:
             host, lost = self._winner(name, self._claims.get(name, ()))
-            if host != table.hosts.get(name):
-                patch.hosts[name] = host
+            if not _claimed_alike(host, table.hosts.get(name)):
+                winners[name] = host
             if lost != table.conflicts.get(name, ()):
                 patch.conflicts[name] = lost
+        placed, addresses = self._place(winners, table.hosts)
+        patch.hosts = {name: host for name, host in placed.items() if host != table.hosts.get(name)}
         if any(name.startswith("*.") for name in patch.hosts):
             return None
-        renamed = set(patch.hosts)  # names whose records change, and ancestors that appear or disappear
+
+        def host_of(name: str) -> Host | None:
+            return patch.hosts[name] if name in patch.hosts else table.hosts.get(name)
+
+        renamed: set[str] = set()  # names whose records change, and ancestors that appear or disappear
         for name, host in patch.hosts.items():
-            before = table.hosts.get(name)
-            if (before is None) != (host is None):
-                renamed.update(self._count_below(host or before, 1 if host else -1))  # type: ignore[arg-type]
+            before, after = served_names(table.hosts.get(name)), served_names(host)
+            zone = (host or table.hosts[name]).zone
+            for gone in before - after:
+                renamed.update(self._count_below(gone, zone, -1))
+            for new in after - before:
+                renamed.update(self._count_below(new, zone, 1))
+            renamed |= before | after
         for name in renamed:
-            patch.names[to_wire(name)] = self._records_of(table, name, patch.hosts.get(name, table.hosts.get(name)))
+            patch.names[to_wire(name)] = self._records_of(table, name, host_of)
+        self._add_pointers(patch.names, addresses, host_of, removals=True)
         if patch.names:
             for zone in self._zones.values():
-                soa = records.soa(zone.name, self.ttl, serial)
+                soa = records.soa(zone.name, self.negative_ttl, serial)
                 patch.soas[zone.wire_name] = (soa, records.owned_by_question(soa, zone.wire_name))
         return patch
 
@@ -169,12 +193,13 @@ class Compiler:
         return names
 
     def _winner(self, name: str, claimants: Sequence[ServiceEntry]) -> tuple[Host | None, tuple[str, ...]]:
-        """The oldest claimant with addresses serves the name; every later one with addresses is a conflict."""
+        """The oldest claimant with addresses serves the name; every later one with addresses is a conflict. An
+        auto host has no addresses yet: _place allocates them."""
         winner: Host | None = None
         lost: list[str] = []
         for entry in sorted(claimants, key=ServiceEntry.precedence) if len(claimants) > 1 else claimants:
             addresses, source = _addresses(entry, name, self.default_addresses, self.auto_allocate)
-            if not addresses:
+            if not source:
                 continue
             if winner is None:
                 winner = Host(name, addresses, entry, source, self._zone_of(name) or "")
@@ -183,33 +208,149 @@ class Compiler:
                 lost.append(f"host {name} is in {older} and {newer}; {older} is older and wins")
         return winner, tuple(lost)
 
-    def _count_below(self, host: Host, step: int) -> list[str]:
-        """Add step to the count of every name above host within its zone; the names that appear or vanish."""
-        labels = host.name.removeprefix("*.").split(".")
-        depth = host.zone.count(".") + 1
-        flipped = []
-        for cut in range(0 if host.name.startswith("*.") else 1, len(labels) - depth):
-            name = ".".join(labels[cut:])
-            count = self._below.get(name, 0) + step
-            if count:
-                self._below[name] = count
+    def _place(
+        self, winners: Mapping[str, Host | None], hosts: Mapping[str, Host]
+    ) -> tuple[dict[str, Host | None], set[IPAddress]]:
+        """The hosts of the names whose winner changed (`hosts`: what is served now), with their auto addresses and
+        whether they share an address; every other host whose allocation moved or whose sharing changed; and the
+        addresses whose holders changed (their PTR names)."""
+        self._held_before = {}
+        placed: dict[str, Host | None] = {}
+        for name, host in winners.items():
+            before = hosts.get(name)
+            if before is not None:
+                self._unhold(before)
+                self._pool(before, -1)
+            if host is not None:
+                self._pool(host, 1)
+            placed[name] = host
+        for name in self._settle():
+            if name not in placed:  # an auto address moved, though the host's entry did not change
+                placed[name] = hosts[name]
+                self._unhold(hosts[name])
+        for name, host in placed.items():
+            if host is not None:
+                if host.source == "auto":
+                    placed[name] = host = self._allocated(host)
+                self._hold(host)
+        for address, count in self._held_before.items():
+            if (count > 1) != (self._holders_count(address) > 1):  # its holders' sharing flips
+                for name in self._holders_of(address):
+                    placed.setdefault(name, hosts.get(name))
+        for name, host in placed.items():
+            if host is not None:
+                shared = any(self._holders_count(address) > 1 for address in host.addresses)
+                if shared != host.shared:
+                    placed[name] = dataclasses.replace(host, shared=shared)
+        return placed, set(self._held_before)
+
+    def _pool(self, host: Host, step: int) -> None:
+        """Tell the allocation about a host that appears (step 1) or goes (-1): an auto host wants addresses,
+        every other host's addresses are taken."""
+        if not self.auto_allocate:
+            return
+        if host.source == "auto":
+            for pool in self._pools:
+                if step > 0:
+                    pool.want(host.name, (host.entry.created is None, host.entry.created or 0.0))
+                else:
+                    pool.drop(host.name)
+            return
+        for address in host.addresses:
+            pool = self._pools[address.version == 6]
+            pool.reserve(address) if step > 0 else pool.release(address)
+
+    def _settle(self) -> set[str]:
+        """The auto hosts whose addresses changed."""
+        if not self.auto_allocate:
+            return set()
+        return {name for pool in self._pools for name in pool.settle()}
+
+    def _allocated(self, host: Host) -> Host:
+        found = [(pool.address(host.name), pool.preferred(host.name)) for pool in self._pools]
+        addresses = tuple(address for address, _ in found if address is not None)
+        preferred = tuple(address == wanted for address, wanted in found if address is not None)
+        return dataclasses.replace(host, addresses=addresses, preferred=preferred)
+
+    def _hold(self, host: Host) -> None:
+        holders = self._holders
+        for address in host.addresses:
+            held = holders.get(address)
+            self._held_before.setdefault(address, _count(held))
+            if held is None:
+                holders[address] = host.name
+            elif isinstance(held, str):
+                holders[address] = {held, host.name}
             else:
-                del self._below[name]
+                held.add(host.name)
+
+    def _unhold(self, host: Host) -> None:
+        holders = self._holders
+        for address in host.addresses:
+            held = holders[address]
+            self._held_before.setdefault(address, _count(held))
+            if isinstance(held, str):
+                del holders[address]
+            else:
+                held.discard(host.name)
+                if len(held) == 1:
+                    holders[address] = next(iter(held))
+
+    def _holders_count(self, address: IPAddress) -> int:
+        return _count(self._holders.get(address))
+
+    def _holders_of(self, address: IPAddress) -> Iterable[str]:
+        held = self._holders.get(address)
+        return () if held is None else (held,) if isinstance(held, str) else tuple(held)
+
+    def _count_below(self, name: str, zone: str, step: int) -> list[str]:
+        """Add step to the count of every name above `name` within its zone; the names that appear or vanish."""
+        labels = name.removeprefix("*.").split(".")
+        depth = zone.count(".") + 1
+        flipped = []
+        for cut in range(0 if name.startswith("*.") else 1, len(labels) - depth):
+            above = ".".join(labels[cut:])
+            count = self._below.get(above, 0) + step
+            if count:
+                self._below[above] = count
+            else:
+                del self._below[above]
             if count == (1 if step > 0 else 0):
-                flipped.append(name)
+                flipped.append(above)
         return flipped
 
-    def _records_of(self, table: Table, name: str, host: Host | None) -> Records | None:
-        """What a patch writes for one name: its own records, an empty non-terminal's, or None if it is gone."""
+    def _records_of(self, table: Table, name: str, host_of: Callable[[str], Host | None]) -> Records | None:
+        """The records of one exact name: its host's, its SRV record's, an empty non-terminal's, or None if it is
+        not a name any more."""
         zone = self._zones[self._zone_of(name) or ""]
+        host = host_of(name)
+        service = _port_at(name, host_of)
         if host is not None:
             found = self._address_records(host.addresses, zone)
-            return self._apex_records(zone, found) if name == zone.name else found
-        if name == zone.name:
-            return self._apex_records(zone, zone.empty)
-        if name in self._below:
-            return self._empty_records(table, to_wire(name), zone)
-        return None
+        elif service is not None or name == zone.name:
+            found = zone.empty
+        elif name in self._below:
+            found = self._empty_records(table, to_wire(name), zone)
+        else:
+            return None
+        if service is not None:
+            found = self._with_srv(found, name, *service, zone, alone=host is None)
+        return self._apex_records(zone, found) if name == zone.name else found
+
+    def _add_pointers(
+        self,
+        names: dict[bytes, Records | None],
+        addresses: Iterable[IPAddress],
+        host_of: Callable[[str], Host | None],
+        removals: bool,
+    ) -> None:
+        """The PTR names of these addresses; with `removals`, None (gone) for those no longer one host's."""
+        if not self.ptr:
+            return
+        for address in addresses:
+            found = self._pointer_records(address, host_of)
+            if found is not None or removals:
+                names[to_wire(address.reverse_pointer)] = found
 
     def _zone_of(self, host: str) -> str | None:
         """The longest zone the host is in (a wildcard `*.z` counts as inside z), or None."""
@@ -224,7 +365,7 @@ class Compiler:
         """A zone's negative answers: NXDOMAIN and NODATA, each with the SOA in authority (RFC 2308)."""
         label = name + "."
         wire_name = to_wire(name)
-        soa = records.soa(name, self.ttl, serial)
+        soa = records.soa(name, self.negative_ttl, serial)
         authority = [soa]  # a list, shared by both answers: see Zone
         nodata = (wire.reply_heads(wire.NOERROR, 0, 1, self.recursion), authority, outcome(label, wire.NOERROR, PLUGIN))
         nxdomain = (
@@ -233,7 +374,7 @@ class Compiler:
             outcome(label, wire.NXDOMAIN, PLUGIN),
         )
         apex_soa = [records.owned_by_question(soa, wire_name)]
-        return Zone(name, wire_name, nxdomain, nodata, (nodata,) * 6, authority, apex_soa)
+        return Zone(name, wire_name, nxdomain, nodata, (nodata,) * SLOT_COUNT, authority, apex_soa)
 
     def _address_records(self, addresses: Sequence[IPAddress], zone: Zone) -> Records:
         """The records of a name with addresses: A, AAAA and ANY answers, NODATA for every type with no address.
@@ -255,7 +396,33 @@ class Compiler:
             every = (wire.reply_heads(wire.NOERROR, len(v4) + len(v6), 0, self.recursion), (b"".join(v4 + v6),), found)
         else:
             every = a if v4 else aaaa
-        return a, aaaa, every, nodata, nodata, nodata
+        return a, aaaa, every, nodata, nodata, nodata, nodata, nodata
+
+    def _with_srv(self, found: Records, name: str, host: Host, port: Port, zone: Zone, alone: bool) -> Records:
+        """`found` with the SRV answer of `_<port>._<proto>.<host>`: one SRV record, the host's addresses as extra
+        data (wire.truncate drops them first); ANY answers it too at a name that is only an SRV name."""
+        service, proto, _ = name.split(".", 2)
+        target_at = records.QUESTION_AT + len(service) + len(proto) + 2  # the host's name inside the question
+        extra = [records.address(ip, self.ttl, target_at) for ip in sorted(host.addresses, key=_family)]
+        heads = wire.reply_heads(wire.NOERROR, 1, 0, self.recursion, arcount=len(extra))
+        answer = (heads, (records.srv(port.number, target_at, self.ttl) + b"".join(extra),), zone.nodata[2])
+        slots = list(found)
+        slots[SLOTS[wire.SRV]] = answer
+        if alone:
+            slots[SLOTS[wire.ANY]] = answer
+        return tuple(slots)  # type: ignore[return-value]
+
+    def _pointer_records(self, address: IPAddress, host_of: Callable[[str], Host | None]) -> Records | None:
+        """The PTR name of an address exactly one exact host has (not by --default-address): PTR and ANY answer
+        the host, every other type NODATA without an SOA (globaldns has the name, not the reverse zone)."""
+        held = self._holders.get(address)
+        host = host_of(held) if isinstance(held, str) else None
+        if host is None or host.source == "default" or host.name.startswith("*."):
+            return None
+        result = outcome(REVERSE_ZONES[address.version], wire.NOERROR, PLUGIN)
+        found = (wire.reply_heads(wire.NOERROR, 1, 0, self.recursion), (records.ptr(host.name, self.ttl),), result)
+        nodata = (wire.reply_heads(wire.NOERROR, 0, 0, self.recursion), (b"",), result)
+        return nodata, nodata, found, nodata, nodata, nodata, found, nodata
 
     def _empty_records(self, table: Table, wire_name: bytes, zone: Zone) -> Records:
         """An empty non-terminal answers as the wildcard covering it, if any, else NODATA."""
@@ -266,7 +433,55 @@ class Compiler:
         ns = records.owned_by_question(records.ns(zone.name, self.ttl), zone.wire_name)
         heads = wire.reply_heads(wire.NOERROR, 1, 0, self.recursion)
         noerror = zone.nodata[2]  # NOERROR in this zone
-        return found[0], found[1], found[2], (heads, zone.apex_soa, noerror), (heads, (ns,), noerror), found[OTHER]
+        soa, ns_answer = (heads, zone.apex_soa, noerror), (heads, (ns,), noerror)
+        return found[0], found[1], found[2], soa, ns_answer, found[5], found[6], found[OTHER]
+
+
+def served_names(host: Host | None) -> set[str]:
+    """The names a host makes exist: its own, and an SRV name for each named port of an exact host."""
+    if host is None:
+        return set()
+    if host.name.startswith("*."):
+        return {host.name}
+    return {host.name, *srv_names(host)}
+
+
+def srv_names(host: Host) -> list[str]:
+    """`_<name>._<proto>.<host>` for each named port that makes a name of at most 253 characters."""
+    names = (f"_{port.name}._{port.transport}.{host.name}" for port in host.entry.ports if port.name)
+    return [name for name in names if len(name) <= 253]
+
+
+def _port_at(name: str, host_of: Callable[[str], Host | None]) -> tuple[Host, Port] | None:
+    """The host and port whose SRV name `name` is, if it is one."""
+    service, _, rest = name.partition(".")
+    proto, _, host_name = rest.partition(".")
+    if len(service) < 2 or service[0] != "_" or proto not in ("_tcp", "_udp"):
+        return None
+    host = host_of(host_name)
+    if host is None:
+        return None
+    for port in host.entry.ports:
+        if port.name == service[1:] and port.transport == proto[1:]:
+            return host, port
+    return None
+
+
+def _claimed_alike(host: Host | None, before: Host | None) -> bool:
+    """Does the new winner of a name serve what the served host does (its allocation aside)?"""
+    if host is None or before is None:
+        return host is before
+    return (host.entry, host.source) == (before.entry, before.source) and (
+        host.source == "auto" or host.addresses == before.addresses
+    )
+
+
+def _count(held: str | set[str] | None) -> int:
+    return 0 if held is None else 1 if isinstance(held, str) else len(held)
+
+
+def _family(ip: IPAddress) -> int:
+    return ip.version
 
 
 def _add_zone(table: Table, zone: Zone) -> None:
@@ -283,7 +498,8 @@ def _describe(entry: ServiceEntry) -> str:
 def _addresses(
     entry: ServiceEntry, host: str, default_addresses: Sequence[IPAddress], auto_allocate: bool
 ) -> tuple[tuple[IPAddress, ...], str]:
-    """The first that applies: spec.addresses, status.addresses for the host, --default-address, --auto-allocate."""
+    """The first that applies: spec.addresses, status.addresses for the host, --default-address, --auto-allocate
+    (unless the entry opts out). No source: the host is not served."""
     if entry.addresses:
         return entry.addresses, "spec"
     status = entry.addresses_for(host)
@@ -291,17 +507,9 @@ def _addresses(
         return status, "status"
     if default_addresses:
         return tuple(default_addresses), "default"
-    if auto_allocate:
-        return auto_addresses(host), "auto"
+    if auto_allocate and entry.auto_allocate:
+        return (), "auto"  # the addresses come from the pools, in Compiler._place
     return (), ""
-
-
-def auto_addresses(host: str) -> tuple[IPAddress, ...]:
-    """A stable IPv4 and IPv6 address from the host name alone: every replica and restart agrees."""
-    digest = int.from_bytes(hashlib.sha256(host.encode()).digest())
-    v4 = AUTO_V4.network_address + 1 + digest % (AUTO_V4.num_addresses - 2)
-    v6 = AUTO_V6.network_address + 1 + digest % (AUTO_V6.num_addresses - 2)
-    return (v4, v6)
 
 
 def _rotations(family: list[bytes]) -> tuple[bytes, ...]:

@@ -52,6 +52,8 @@ class Config:
     namespaces: tuple[str, ...] = ()  # () watches every namespace
     label_selector: str | None = None
     ttl: int = 30
+    negative_ttl: int | None = None  # None: --ttl, at most 300 s
+    ptr: bool = True  # PTR records for the addresses one host has
     default_address: tuple[IPAddress, ...] = ()
     auto_allocate: bool = False
     health: Endpoint = Endpoint("0.0.0.0", 8080)
@@ -122,6 +124,17 @@ def parse_ttl(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) > 2**31 - 1:
         raise ConfigError(f"{text!r} is not a TTL in seconds (0 to 2147483647)")
     return int(text)
+
+
+TRUE, FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
+
+
+def parse_bool(text: str) -> bool:
+    """true or false (also yes/no, on/off, 1/0), any case."""
+    word = text.strip().lower()
+    if word not in TRUE | FALSE:
+        raise ConfigError(f"{text!r} is not true or false")
+    return word in TRUE
 
 
 def parse_seconds(text: str) -> float:

@@ -132,9 +132,11 @@ class Server:
         self.compiler = Compiler(
             config.zones,
             ttl=config.ttl,
+            negative_ttl=config.negative_ttl,
             recursion=forwarder is not None,
             default_addresses=config.default_address,
             auto_allocate=config.auto_allocate,
+            ptr=config.ptr,
         )
         self.rpc = grpc_protocol() if config.grpc else None
         self.grpc_credentials = self._grpc_credentials()

@@ -8,7 +8,8 @@ import socket
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from globaldns.config import IPAddress
 from globaldns.errors import InvalidServiceEntry
@@ -17,6 +18,28 @@ API_GROUP = "networking.istio.io"
 API_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # newest first
 KIND = "ServiceEntry"
 _HOST = re.compile(r"^(\*\.)?((?!-)[a-z0-9_-]{1,63}(?<!-)\.)*(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,60}[a-z0-9])?$")  # `_<name>` is one DNS label: 62 characters at most
+AUTO_ALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"  # Istio's opt-out: "false"
+# A sidecar tells hosts on one address apart by the Host header or the TLS SNI for these protocols, and by the
+# address alone for every other one (Istio's IST0134).
+NAMED_BY_REQUEST = frozenset({"HTTP", "HTTP2", "HTTPS", "GRPC", "GRPC-WEB", "TLS"})
+
+
+class Port(NamedTuple):
+    """One of spec.ports: `name` is "" for an unnamed port (no SRV record), `protocol` upper case, TCP if absent."""
+
+    name: str
+    number: int
+    protocol: str
+
+    @property
+    def transport(self) -> str:
+        """The `_proto` label of its SRV name: udp for UDP, tcp for every other protocol."""
+        return "udp" if self.protocol == "UDP" else "tcp"
+
+    @property
+    def routed_by_address(self) -> bool:
+        return self.protocol not in NAMED_BY_REQUEST
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +54,8 @@ class ServiceEntry:
     status_addresses: tuple[tuple[str, IPAddress], ...]  # (host, address), Istio's own allocation
     warnings: tuple[str, ...] = ()
     origin: str = ""
+    ports: tuple[Port, ...] = ()
+    auto_allocate: bool = True  # False: the label AUTO_ALLOCATE_LABEL says "false"
 
     @property
     def ref(self) -> str:
@@ -86,6 +111,9 @@ class ServiceEntry:
         hosts = _hosts(spec.get("hosts"), invalid)
         warnings: list[str] = []
         addresses = _addresses(spec.get("addresses"), "spec.addresses", warnings, invalid)
+        ports = _ports(spec.get("ports"), warnings)
+        labels = metadata.get("labels")
+        opted_out = isinstance(labels, dict) and str(labels.get(AUTO_ALLOCATE_LABEL, "")).lower() == "false"
         status = obj.get("status") or {}
         status_addresses: list[tuple[str, IPAddress]] = []
         entries = status.get("addresses") if isinstance(status, dict) else None
@@ -105,6 +133,8 @@ class ServiceEntry:
             status_addresses=tuple(status_addresses),
             warnings=tuple(f"{where()}: {warning}" for warning in warnings) if warnings else (),
             origin=origin,
+            ports=ports,
+            auto_allocate=not opted_out,
         )
 
 
@@ -120,6 +150,45 @@ def _hosts(value: Any, invalid: Any) -> tuple[str, ...]:
             raise invalid(f"spec.hosts[{index}] {host!r} is not a DNS name")
         hosts.append(name)
     return tuple(dict.fromkeys(hosts)) if len(hosts) > 1 else tuple(hosts)
+
+
+def _ports(value: Any, warnings: list[str]) -> tuple[Port, ...]:
+    """Parse spec.ports; a bad port is skipped with a warning, the entry still serves its hosts."""
+    if not isinstance(value, list):
+        if value is not None:
+            warnings.append("spec.ports is not a list; skipped")
+        return ()
+    ports: list[Port] = []
+    names: set[str] = set()
+    for index, port in enumerate(value):
+        label = f"spec.ports[{index}]"
+        if not isinstance(port, dict):
+            warnings.append(f"{label} is not a mapping; skipped")
+            continue
+        number, name, protocol = port.get("number"), port.get("name") or "", port.get("protocol") or "TCP"
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+            warnings.append(f"{label}.number {number!r} is not a port number (1 to 65535); skipped")
+        elif not isinstance(name, str) or (name and not _PORT_NAME.match(name.lower())):
+            warnings.append(f"{label}.name {name!r} is not a DNS label of at most 62 characters; skipped")
+        elif not isinstance(protocol, str):
+            warnings.append(f"{label}.protocol {protocol!r} is not a string; skipped")
+        elif name and name.lower() in names:
+            warnings.append(f"{label}.name {name!r} is used by an earlier port; skipped")
+        else:
+            names.add(name.lower())
+            ports.append(_port(sys.intern(name.lower()), number, sys.intern(protocol.upper())))
+    return _shared_ports(tuple(ports))
+
+
+@lru_cache(maxsize=4096)
+def _port(name: str, number: int, protocol: str) -> Port:
+    return Port(name, number, protocol)
+
+
+@lru_cache(maxsize=4096)
+def _shared_ports(ports: tuple[Port, ...]) -> tuple[Port, ...]:
+    """One tuple for every entry with the same ports: 100,000 entries mostly list the same few."""
+    return ports
 
 
 def _addresses(value: Any, field: str, warnings: list[str], invalid: Any) -> tuple[IPAddress, ...]:

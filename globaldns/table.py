@@ -12,14 +12,17 @@ from typing import NamedTuple
 
 from globaldns import wire
 from globaldns.config import IPAddress
-from globaldns.serviceentry import ServiceEntry
+from globaldns.serviceentry import Port, ServiceEntry
 from globaldns.wire import Answer
 
-# The answers of one name, by the slot of the query type (SLOTS): A, AAAA, ANY, SOA, NS, any other type.
+# The answers of one name, by the slot of the query type (SLOTS): A, AAAA, ANY, SOA, NS, SRV, PTR, any other type.
 # One tuple per name, not one dict key per (name, type): at 100,000 names that is tens of megabytes less.
-Records = tuple[Answer, Answer, Answer, Answer, Answer, Answer]
-SLOTS = {wire.A: 0, wire.AAAA: 1, wire.ANY: 2, wire.SOA: 3, wire.NS: 4}
-OTHER = 5  # the slot of every type not in SLOTS
+Records = tuple[Answer, Answer, Answer, Answer, Answer, Answer, Answer, Answer]
+SLOTS = {wire.A: 0, wire.AAAA: 1, wire.ANY: 2, wire.SOA: 3, wire.NS: 4, wire.SRV: 5, wire.PTR: 6}
+OTHER = 7  # the slot of every type not in SLOTS
+SLOT_COUNT = OTHER + 1
+ORIGINS = ("spec", "status", "default", "auto")  # where a host's addresses come from, in the order they are tried
+TALLIES = (*ORIGINS, "contested", "exhausted", "unroutable")  # what TableStats counts of the hosts
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +46,25 @@ class Host:
     name: str
     addresses: tuple[IPAddress, ...]
     entry: ServiceEntry
-    source: str  # spec, status, default or auto
+    source: str  # one of ORIGINS
     zone: str = ""  # the zone it is served in
+    preferred: tuple[bool, ...] = ()  # auto: for each address, is it the one the name hashes to (else it collided)
+    shared: bool = False  # another served host has one of its addresses too
+
+    @property
+    def unroutable_ports(self) -> tuple[Port, ...]:
+        """Ports a sidecar routes by address alone, on an address another host has: it cannot tell the two apart
+        (Istio's IST0134)."""
+        return tuple(port for port in self.entry.ports if port.routed_by_address) if self.shared else ()
+
+    def tallies(self) -> tuple[int, ...]:
+        """What this host adds to TableStats, in the order of TALLIES."""
+        counts = [0] * len(TALLIES)
+        counts[ORIGINS.index(self.source)] = len(self.addresses)
+        if self.source == "auto":
+            counts[-3:-1] = self.preferred.count(False), len(self.addresses) < 2
+        counts[-1] = bool(self.unroutable_ports)
+        return tuple(counts)
 
 
 @dataclass(slots=True)
@@ -61,6 +81,10 @@ class Patch:
 class TableStats(NamedTuple):
     names: int  # names and wildcards served
     conflicts: int  # hosts claimed by more than one ServiceEntry
+    addresses: dict[str, int]  # origin -> addresses served from it, one per host and address
+    contested: int  # auto-allocated addresses that are not their host's preferred one: collisions resolved
+    exhausted: int  # auto hosts that got no IPv4 or no IPv6 address: the pool is full
+    unroutable: int  # hosts with unroutable_ports
 
 
 @dataclass(slots=True)
@@ -75,12 +99,26 @@ class Table:
     serial: int = 0  # the SOA serial: the time of the last change
     suffixes: tuple[bytes, ...] = ()  # the zones' wire names: bytes.endswith() rules out most names at once
     ordered_zones: tuple[Zone, ...] = ()  # longest name first, so nested zones resolve to the innermost
+    tallies: list[int] = field(default_factory=lambda: [0] * len(TALLIES))  # the sum of every Host.tallies()
 
     def conflict_lines(self) -> list[str]:
         return [line for lines in self.conflicts.values() for line in lines]
 
     def stats(self) -> TableStats:
-        return TableStats(len(self.hosts), len(self.conflicts))
+        *addresses, contested, exhausted, unroutable = self.tallies
+        return TableStats(
+            len(self.hosts), len(self.conflicts), dict(zip(ORIGINS, addresses, strict=True)), contested, exhausted,
+            unroutable,
+        )  # fmt: skip
+
+    def add_host(self, host: Host) -> None:
+        self.hosts[host.name] = host
+        self._tally(host, 1)
+
+    def _tally(self, host: Host, sign: int) -> None:
+        tallies = self.tallies
+        for index, count in enumerate(host.tallies()):
+            tallies[index] += sign * count
 
     def search(self, name: bytes, qtype: int) -> Answer | None:
         """The answer for a lower-cased wire name that is not in `names` and ends with one of the `suffixes` (the
@@ -116,7 +154,12 @@ class Table:
     def apply(self, patch: Patch) -> None:
         """Make the patch's changes; on the loop, between two queries, so no query ever sees half a patch."""
         _update(self.names, patch.names)
-        _update(self.hosts, patch.hosts)
+        for name, host in patch.hosts.items():
+            before = self.hosts.pop(name, None)
+            if before is not None:
+                self._tally(before, -1)
+            if host is not None:
+                self.add_host(host)
         _update(self.conflicts, {host: lines or None for host, lines in patch.conflicts.items()})
         for wire_name, (authority, apex) in patch.soas.items():
             zone = self.zones[wire_name]

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from globaldns.errors import GlobalDNSError
 
 # Record types and classes the server itself needs to name.
-A, NS, SOA, AAAA, OPT, ANY = 1, 2, 6, 28, 41, 255
+A, NS, SOA, PTR, AAAA, SRV, OPT, ANY = 1, 2, 6, 12, 28, 33, 41, 255
 IN = 1
 # Response codes; BADVERS is an extended rcode carried half in the OPT record.
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
@@ -316,22 +316,28 @@ def truncate(reply: bytes, limit: int) -> bytes:
     for _ in range(qdcount):
         offset = skip_name(reply, offset) + 4
     question_end = offset
-    records: list[tuple[int, int, int]] = []  # (section, start, end)
+    records: list[tuple[int, int, int, bytes]] = []  # (section, start, end, owner and type)
     opt = b""
     for section, count in enumerate((ancount, nscount, arcount)):
         for _ in range(count):
-            rtype, _, end = skip_record(reply, offset)
+            rtype, fixed, end = skip_record(reply, offset)
             if section == 2 and rtype == OPT:
                 opt = reply[offset:end]
             else:
-                records.append((section, offset, end))
+                records.append((section, offset, end, reply[offset : fixed + 2]))
             offset = end
     budget = limit - len(opt)
     kept = [0, 0, 0]
     size = question_end
     body = [reply[HEADER_SIZE:size]]
-    for section, start, end in records:
+    for index, (section, start, end, _) in enumerate(records):
         if size + end - start > budget:
+            if section == 2:  # extra data goes by whole RRsets: never half of a host's addresses (RFC 2181 9)
+                rrset = records[index][3]
+                while kept[2] and records[index - 1][3] == rrset:
+                    index -= 1
+                    kept[2] -= 1
+                    body.pop()
             break
         kept[section] += 1
         size += end - start

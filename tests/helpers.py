@@ -77,11 +77,22 @@ def entry(
     created: str | None = None,
     status: Sequence[tuple[str, str]] = (),
     resolution: str = "DNS",
+    labels: Mapping[str, str] | None = None,
+    **spec: Any,
 ) -> ServiceEntry:
-    """A validated ServiceEntry; status: (host, address) pairs of Istio's own allocation."""
+    """A validated ServiceEntry; status: (host, address) pairs of Istio's own allocation; spec as for manifest()
+    (its one port, `http` 80, unless `ports=` says otherwise)."""
     allocated = {"addresses": [{"host": host, "value": value} for host, value in status]} if status else None
     obj = manifest(
-        name, namespace, hosts, addresses, status=allocated, creation_timestamp=created, resolution=resolution
+        name,
+        namespace,
+        hosts,
+        addresses,
+        status=allocated,
+        creation_timestamp=created,
+        resolution=resolution,
+        labels=labels,
+        **spec,
     )
     return ServiceEntry.from_dict(obj)
 

@@ -21,12 +21,14 @@ import dns.rdatatype
 import pytest
 
 from globaldns import compiler, table, wire
+from globaldns.allocate import Pool
 from globaldns.compiler import Compiler
 from globaldns.name import to_wire
 from globaldns.resolver import Resolver
-from globaldns.serviceentry import ServiceEntry
+from globaldns.serviceentry import AUTO_ALLOCATE_LABEL, ServiceEntry
 from tests.helpers import ask
 from tests.helpers import entry as se
+from tests.processes import REPO
 
 A, AAAA, SOA, NS, ANY = (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.SOA, dns.rdatatype.NS, dns.rdatatype.ANY)
 
@@ -207,7 +209,7 @@ def test_address_precedence(spec, status, default, auto, expected, source):
         assert_nxdomain(ask(compiled, HOST, AAAA))
         return
     if expected == "auto":
-        expected = [str(address) for address in compiler.auto_addresses(HOST)]
+        expected = [str(address) for address in preferred(HOST)]
     host = compiled.hosts[HOST]
     assert host.source == source
     assert host.entry is entry
@@ -266,15 +268,26 @@ def test_auto_allocate_is_stable_across_compiles_and_other_entries():
     assert addresses(ask(alone, "httpbin.bar.global")) == addresses(ask(crowded, "httpbin.bar.global"))
 
 
+def preferred(host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """The addresses a host hashes to, as before allocation checked for collisions."""
+    return tuple(Pool(network).preferred(host) for network in (compiler.AUTO_V4, compiler.AUTO_V6))
+
+
 def test_auto_allocate_is_the_same_in_every_process():
     """Every replica and restart must agree, so no per-process hash seed may leak in."""
-    code = "from globaldns import compiler; print(*compiler.auto_addresses('httpbin.bar.global'))"
+    code = (
+        "from globaldns import compiler; from tests.helpers import entry; "
+        "table = compiler.compile([entry(['httpbin.bar.global'])], ['global'], ttl=30, serial=1, auto_allocate=True); "
+        "print(*table.hosts['httpbin.bar.global'].addresses)"
+    )
     outputs = set()
     for seed in ("0", "1"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=REPO
+        )
         outputs.add(result.stdout.strip())
-    here = " ".join(map(str, compiler.auto_addresses("httpbin.bar.global")))
+    here = " ".join(map(str, preferred("httpbin.bar.global")))
     assert outputs == {here}
 
 
@@ -402,12 +415,19 @@ def test_any_returns_only_the_address_records():
 
 
 @pytest.mark.parametrize(
-    ("zone", "ttl", "serial", "soa_ttl"),
-    [("global", 30, 1700000000, 30), ("global", 600, 7, 300), ("mesh.example", 300, 0, 300), ("global", 0, 1, 0)],
-    ids=["default-ttl", "ttl-above-cap", "other-zone-at-cap", "zero-ttl"],
+    ("zone", "ttl", "negative_ttl", "serial", "soa_ttl"),
+    [
+        ("global", 30, None, 1700000000, 30),
+        ("global", 600, None, 7, 300),
+        ("mesh.example", 300, None, 0, 300),
+        ("global", 0, None, 1, 0),
+        ("global", 30, 5, 1, 5),
+        ("global", 30, 900, 1, 900),
+    ],
+    ids=["default-ttl", "ttl-above-cap", "other-zone-at-cap", "zero-ttl", "negative-ttl", "negative-ttl-above-cap"],
 )
-def test_soa_fields(zone, ttl, serial, soa_ttl):
-    compiled = build(se([f"a.{zone}"], ["240.0.0.1"]), zones=(zone,), ttl=ttl, serial=serial)
+def test_soa_fields(zone, ttl, negative_ttl, serial, soa_ttl):
+    compiled = build(se([f"a.{zone}"], ["240.0.0.1"]), zones=(zone,), ttl=ttl, negative_ttl=negative_ttl, serial=serial)
     assert compiled.serial == serial
     answer = ask(compiled, zone, SOA)
     negative = ask(compiled, f"missing.{zone}")
@@ -424,7 +444,7 @@ def test_soa_fields(zone, ttl, serial, soa_ttl):
         assert soa.rname == dns.name.from_text(f"hostmaster.{zone}")
         assert soa.serial == serial
         assert (soa.refresh, soa.retry, soa.expire) == (7200, 1800, 86400)
-        assert soa.minimum == ttl
+        assert soa.minimum == soa_ttl
 
 
 def test_ns_at_the_apex():
@@ -707,6 +727,7 @@ def contents(compiled: table.Table) -> dict[str, Any]:
         "hosts": dict(compiled.hosts),
         "conflicts": dict(compiled.conflicts),
         "serial": compiled.serial,
+        "stats": compiled.stats(),
     }
 
 
@@ -726,19 +747,43 @@ def reread(entry: ServiceEntry) -> ServiceEntry:
     return ServiceEntry(*(getattr(entry, field) for field in ServiceEntry.__slots__))
 
 
+PORT_SETS = (
+    [],
+    [{"name": "http", "number": 80, "protocol": "HTTP"}],
+    [{"name": "http", "number": 8080}, {"name": "dns", "number": 53, "protocol": "UDP"}],
+    [{"name": "mongo", "number": 27017, "protocol": "MONGO"}, {"number": 9}],
+)
+
+
 def random_entry(rng: random.Random, index: int) -> ServiceEntry:
     hosts = rng.sample(HOSTS + WILDCARDS if rng.random() < 0.1 else HOSTS, rng.randint(1, 3))
     n = rng.randint(1, 9)
     addresses = rng.choice(([f"240.0.0.{n}"], [f"2001:db8::{n}"], [], [f"240.0.1.{n}", f"2001:db8::1:{n}"]))
     status = [(hosts[0], f"240.0.2.{n}")] if not addresses and rng.random() < 0.5 else []
     created = rng.choice((None, f"2024-01-0{rng.randint(1, 3)}T00:00:00Z"))
-    return se(hosts, addresses, name=f"se{index}", namespace=rng.choice("pq"), created=created, status=status)
+    return se(
+        hosts,
+        addresses,
+        name=f"se{index}",
+        namespace=rng.choice("pq"),
+        created=created,
+        status=status,
+        ports=rng.choice(PORT_SETS),
+        labels={AUTO_ALLOCATE_LABEL: "false"} if rng.random() < 0.1 else None,
+    )
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_a_patched_table_equals_a_rebuilt_one_after_every_change(seed: int):
+# Every kind of address: explicit and status only, then auto-allocated (in a pool so small that hosts collide), then
+# one --default-address that hosts share.
+OPTION_SETS = ({}, {"auto_allocate": True}, {"default_addresses": [ipaddress.ip_address("240.0.3.1")]})
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_patched_table_equals_a_rebuilt_one_after_every_change(seed: int, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(compiler, "AUTO_V4", ipaddress.ip_network("240.240.0.0/29"))  # 6 addresses: collisions
+    options = OPTION_SETS[seed % len(OPTION_SETS)]
     rng = random.Random(seed)
-    patching = new_compiler(default_addresses=())
+    patching = new_compiler(**options)
     entries = [random_entry(rng, i) for i in range(6)]
     served = patching.build(tuple(entries), 1)
     patched = 0
@@ -759,10 +804,10 @@ def test_a_patched_table_equals_a_rebuilt_one_after_every_change(seed: int):
         before = contents(served)
         served, was_patched = step(patching, served, entries, (added, removed), serial)
         patched += was_patched
-        rebuilt = compiler.compile(entries, ZONES, ttl=30, serial=served.serial)
+        rebuilt = compiler.compile(entries, ZONES, ttl=30, serial=served.serial, **options)
         assert contents(served) == contents(rebuilt), f"step {serial}"
         changed = {part: value for part, value in contents(rebuilt).items() if before.get(part) != value}
-        assert served.serial == (serial if set(changed) - {"conflicts", "serial"} else before["serial"])
+        assert served.serial == (serial if {"names", "wildcards"} & set(changed) else before["serial"])
     assert patched > 40  # most steps are patches, not rebuilds
 
 
@@ -772,7 +817,9 @@ def test_one_change_among_many_patches_only_that_name():
     built = patching.build(tuple(entries), 1)
     patch = patching.patch(built, [se(["s7.global"], ["240.9.9.9"], name="s7")], [entries[7]], 2)
     assert patch is not None
-    assert set(patch.names) == {to_wire("s7.global")}
+    changed = ("s7.global", "_http._tcp.s7.global", "8.0.0.240.in-addr.arpa", "9.9.9.240.in-addr.arpa")
+    assert set(patch.names) == {to_wire(name) for name in changed}
+    assert patch.names[to_wire("8.0.0.240.in-addr.arpa")] is None  # the old address's PTR name is gone
     assert set(patch.hosts) == {"s7.global"}
     built.apply(patch)
     assert_answer(ask(built, "s7.global"), ["240.9.9.9"])

@@ -31,9 +31,9 @@ def test_the_soa_is_spelled_out_and_valid_after_any_question(question):
     assert (rdata.serial, rdata.refresh, rdata.retry, rdata.expire, rdata.minimum) == (1234, 7200, 1800, 86400, 30)
 
 
-def test_the_soa_ttl_is_capped_and_its_minimum_is_the_ttl():
+def test_the_soa_ttl_and_minimum_are_the_negative_ttl():
     (rrset,) = in_reply("global.", authority=records.soa("global", 3600, 1)).authority
-    assert (rrset.ttl, rrset[0].minimum) == (records.SOA_MAX_TTL, 3600)
+    assert (rrset.ttl, rrset[0].minimum) == (3600, 3600)
 
 
 def test_the_ns_at_the_apex_owned_by_the_question_keeps_the_querys_case():

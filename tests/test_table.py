@@ -56,7 +56,7 @@ def test_search_finds_nothing_for_what_is_no_name_in_a_zone(name):
 
 
 def test_apply_sets_and_deletes_names_hosts_and_conflicts_and_moves_every_soa():
-    table = compiler.compile([entry(["a.global", "b.global"], ["240.0.0.1"])], ["global"], ttl=30, serial=1)
+    table = compiler.compile([entry(["a.global", "b.global"], ["240.0.0.1"], ports=[])], ["global"], ttl=30, serial=1)
     a, b = to_wire("a.global"), to_wire("b.global")
     patch = Patch(
         serial=2,
@@ -79,5 +79,5 @@ def test_apply_sets_and_deletes_names_hosts_and_conflicts_and_moves_every_soa():
 
 def test_stats_counts_names_and_conflicts():
     table = Table(hosts={"a.global": None, "b.global": None}, conflicts={"a.global": ("x",)})  # type: ignore[dict-item]
-    assert table.stats() == (2, 1)
+    assert table.stats()[:2] == (2, 1)
     assert TABLE.stats().names == 4
