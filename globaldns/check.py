@@ -1,4 +1,4 @@
-"""`globaldns check PATH`: validate ServiceEntry files, print the name -> addresses table and every problem."""
+"""`globaldns check PATH`: validate ServiceEntry files, print the table (names, addresses, ports) and every problem."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TextIO
 from globaldns import compiler
 from globaldns.errors import ConfigError, SourceError
 from globaldns.sources.files import find_files, parse_file
+from globaldns.table import Host
 
 
 def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -35,13 +36,17 @@ def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
         auto_allocate=bool(getattr(args, "auto_allocate", False)),
     )
     problems += compiled.conflict_lines()
-    rows = [("NAME", "ADDRESSES", "FROM", "SERVICEENTRY")]
+    rows = [("NAME", "ADDRESSES", "FROM", "PORTS", "SERVICEENTRY")]
     for name in sorted(compiled.hosts):
         host = compiled.hosts[name]
-        rows.append((name, ",".join(map(str, host.addresses)), host.source, f"{host.entry.ref} ({host.entry.origin})"))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        ports = ",".join(f"{port.name or '-'}:{port.number}/{port.protocol}" for port in host.entry.ports) or "-"
+        entry = f"{host.entry.ref} ({host.entry.origin})"
+        rows.append((name, _addresses(host), host.source, ports, entry))
+        if host.problem:
+            problems.append(host.problem)
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[3], file=out)
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4], file=out)
     unserved = sorted({h for e in entries for h in e.hosts} - set(compiled.hosts))
     print(f"\n{len(compiled.hosts)} names from {len(entries)} ServiceEntries; {len(problems)} problems", file=out)
     for name in unserved:
@@ -49,3 +54,14 @@ def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     for problem in problems:
         print(f"problem: {problem}", file=out)
     return 1 if problems else 0
+
+
+def _addresses(host: Host) -> str:
+    """The host's addresses; an auto-allocated one says whether it is the one its name hashes to, or a probed one
+    because another host had that."""
+    if host.source != "auto":
+        return ",".join(map(str, host.addresses))
+    return ",".join(
+        f"{address} ({'preferred' if preferred else 'probed'})"
+        for address, preferred in zip(host.addresses, host.preferred, strict=True)
+    )

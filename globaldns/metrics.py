@@ -239,6 +239,28 @@ class DNSCollector(Collector):
             "globaldns_conflicts", "Hosts claimed by more than one ServiceEntry now.", value=table.conflicts
         )
         yield _counter(
+            "globaldns_addresses",
+            "Addresses served, one per host and address, by where they come from.",
+            ["origin"],
+            {(origin,): count for origin, count in table.addresses.items()},
+            gauge=True,
+        )
+        yield GaugeMetricFamily(
+            "globaldns_auto_addresses_contested",
+            "Auto-allocated addresses that are not their host's preferred one: collisions resolved.",
+            value=table.contested,
+        )
+        yield GaugeMetricFamily(
+            "globaldns_auto_addresses_exhausted",
+            "Auto-allocated hosts without an IPv4 or an IPv6 address: the pool is full.",
+            value=table.exhausted,
+        )
+        yield GaugeMetricFamily(
+            "globaldns_unroutable_hosts",
+            "Hosts with a port a sidecar routes by address alone, on an address another host has (Istio IST0134).",
+            value=table.unroutable,
+        )
+        yield _counter(
             "globaldns_source_syncs_total",
             "Complete reads of the ServiceEntry source, by result.",
             ["source", "result"],

@@ -26,16 +26,23 @@ def text(status: int, body: str) -> Answer:
 
 
 def table_json(hosts: Mapping[str, Host]) -> Answer:
-    """/table: name -> addresses and the ServiceEntry that provides them, like Istio's /debug/ndsz."""
-    table = {
-        name: {
+    """/table: name -> addresses, ports and the ServiceEntry that provides them, like Istio's /debug/ndsz; for an
+    auto host whether each address is the one its name hashes to, and what is wrong, if anything."""
+    table = {}
+    for name, host in sorted(hosts.items()):
+        row: dict[str, object] = {
             "addresses": [str(address) for address in host.addresses],
             "from": host.source,
             "serviceentry": host.entry.ref,
             "origin": host.entry.origin,
+            "ports": [port._asdict() for port in host.entry.ports],
+            "shared": host.shared,
         }
-        for name, host in sorted(hosts.items())
-    }
+        if host.source == "auto":
+            row["preferred"] = list(host.preferred)
+        if host.problem:
+            row["problem"] = host.problem
+        table[name] = row
     return 200, "application/json", json.dumps(table, indent=1).encode()
 
 

@@ -35,6 +35,7 @@ from globaldns.sources.files import FilesSource
 from globaldns.telemetry import Counters, server_label
 
 log = logging.getLogger("globaldns")
+_PROBLEM_LINES = 10  # hosts whose problem is logged after a compile; the rest are counted
 
 BIND_ATTEMPTS = 10  # port 0: TCP picks a port, UDP may find it taken and we try again
 
@@ -222,15 +223,27 @@ class Server:
                 heap.freeze()
                 changed = len(compiled.hosts)
                 conflicts = compiled.conflict_lines()
+                hosts = compiled.hosts.values()
             else:
                 self.resolver.apply(patch)
                 changed = len(patch.names)
                 conflicts = [line for lines in patch.conflicts.values() for line in lines]
+                hosts = [host for host in patch.hosts.values() if host is not None]
             self.snapshot = snapshot
             for problem in snapshot.problems:
                 logs.warn_once(log, problem, "skipped: %s", problem)
             for conflict in conflicts:
                 logs.warn_once(log, conflict, "conflict: %s", conflict)
+            stats = self.resolver.table.stats()
+            if stats.unroutable or stats.exhausted:  # served all the same; at most a few lines for many hosts
+                problems = [host.problem for host in hosts if host.problem]
+                for problem in problems[:_PROBLEM_LINES]:
+                    logs.warn_once(log, problem, "%s", problem)
+                if len(problems) > _PROBLEM_LINES:
+                    more = len(problems) - _PROBLEM_LINES
+                    logs.warn_once(
+                        log, f"{more} more", "%d more hosts like these: see /table or `globaldns check`", more
+                    )
             served = self.resolver.table
             log.info(
                 "serving %d names from %d ServiceEntries (%d problems, %d conflicts) in %.3fs (%s %d names)",

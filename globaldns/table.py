@@ -57,6 +57,23 @@ class Host:
         (Istio's IST0134)."""
         return tuple(port for port in self.entry.ports if port.routed_by_address) if self.shared else ()
 
+    @property
+    def problem(self) -> str:
+        """What makes this host hard to reach, for `check`, /table and the log; "" if nothing."""
+        if self.unroutable_ports:
+            ports = ", ".join(
+                f"{port.name or 'unnamed'} {port.number}/{port.protocol}" for port in self.unroutable_ports
+            )
+            ports = f"port{'s' if len(self.unroutable_ports) > 1 else ''} {ports}"
+            return (
+                f"host {self.name} shares an address with another host, and a sidecar routes its {ports} by "
+                "address alone, so it cannot tell them apart (Istio IST0134): give it an address of its own"
+            )
+        if self.source == "auto" and len(self.addresses) < 2:
+            missing = "IPv4" if all(address.version == 6 for address in self.addresses) else "IPv6"
+            return f"host {self.name} got no {missing} address: the --auto-allocate range is full"
+        return ""
+
     def tallies(self) -> tuple[int, ...]:
         """What this host adds to TableStats, in the order of TALLIES."""
         counts = [0] * len(TALLIES)

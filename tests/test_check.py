@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import re
 from pathlib import Path
 
 import pytest
 
+from globaldns.allocate import Pool
 from globaldns.check import run_check
 from globaldns.cli import main
+from globaldns.compiler import AUTO_V4, AUTO_V6
 from globaldns.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -87,10 +90,11 @@ def check(capsys, *argv: str) -> tuple[int, str]:
 
 
 def table_rows(out: str) -> dict[str, list[str]]:
-    """NAME -> [ADDRESSES, FROM, SERVICEENTRY, (origin)] from the table printed before the blank line."""
+    """NAME -> [ADDRESSES, FROM, PORTS, SERVICEENTRY (origin)] from the table printed before the blank line; cells
+    are apart by two spaces or more."""
     lines = out.split("\n\n", 1)[0].splitlines()
-    assert lines[0].split() == ["NAME", "ADDRESSES", "FROM", "SERVICEENTRY"]
-    return {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert lines[0].split() == ["NAME", "ADDRESSES", "FROM", "PORTS", "SERVICEENTRY"]
+    return {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[1:])}
 
 
 def problems(out: str) -> list[str]:
@@ -104,7 +108,8 @@ def test_clean_directory(tmp_path, capsys):
     status, out = check(capsys, str(tmp_path))
     assert status == 0
     rows = table_rows(out)
-    assert rows["httpbin.bar.global"][:3] == ["240.0.0.2,2001:db8::2", "spec", "foo/httpbin"]
+    assert rows["httpbin.bar.global"][:3] == ["240.0.0.2,2001:db8::2", "spec", "-"]
+    assert rows["httpbin.bar.global"][3].startswith("foo/httpbin (")
     assert rows["reviews.default.global"][:2] == ["240.0.0.3", "spec"]
     assert rows["*.shop.global"][:2] == ["240.0.0.3", "spec"]
     assert set(rows) == {"httpbin.bar.global", "reviews.default.global", "*.shop.global"}
@@ -118,7 +123,8 @@ def test_clean_single_file(tmp_path, capsys):
     status, out = check(capsys, str(path))
     assert status == 0
     row = table_rows(out)["httpbin.bar.global"]
-    assert row[:3] == ["240.0.0.2,2001:db8::2", "spec", "foo/httpbin"]
+    assert row[:3] == ["240.0.0.2,2001:db8::2", "spec", "-"]
+    assert row[3].startswith("foo/httpbin (")
     assert str(path) in row[3]
 
 
@@ -165,7 +171,7 @@ def test_conflict_reports_the_winner(tmp_path, capsys):
     (tmp_path / "b.yaml").write_text(conflicting("payments", "2024-01-15T10:00:00Z", "240.0.0.20"))
     status, out = check(capsys, str(tmp_path))
     assert status == 1
-    assert table_rows(out)["payments.billing.global"][:3] == ["240.0.0.20", "spec", "billing/payments"]
+    assert table_rows(out)["payments.billing.global"][:3] == ["240.0.0.20", "spec", "-"]
     assert re.search(r"billing/payments \(.*b\.yaml#0\) is older and wins", problems(out)[0])
 
 
@@ -201,8 +207,7 @@ def test_serve_options_change_the_table(tmp_path, capsys, flags, name, expected)
     row = table_rows(out)[name]
     if expected == "auto":
         assert row[1] == "auto"
-        assert row[0].startswith("240.240.")
-        assert ",2001:2:" in row[0]
+        assert re.fullmatch(r"240\.240\.[0-9.]+ \(preferred\),2001:2:[0-9a-f:]+ \(preferred\)", row[0])
     else:
         assert row[0] == expected
 
@@ -246,3 +251,64 @@ def test_run_check_directly(tmp_path):
         run_check(
             argparse.Namespace(path=str(tmp_path / "nowhere"), zones=None, default_address=None, auto_allocate=None)
         )
+
+
+PORTED = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: {name}
+  namespace: db
+spec:
+  hosts:
+  - {host}
+  ports:
+  - name: mongo
+    number: 27017
+    protocol: MONGO
+  - name: web
+    number: 443
+    protocol: HTTPS
+  - number: 9
+"""
+
+
+def test_ports_are_printed_and_a_tcp_port_on_a_shared_address_is_a_problem(tmp_path, capsys):
+    (tmp_path / "a.yaml").write_text(
+        PORTED.format(name="one", host="one.db.global") + "---\n" + PORTED.format(name="two", host="two.db.global")
+    )
+    status, out = check(capsys, str(tmp_path), "--default-address", "240.0.0.99")
+    assert status == 1  # served all the same, but a sidecar cannot route the MONGO and unnamed ports
+    rows = table_rows(out)
+    assert rows["one.db.global"][:3] == ["240.0.0.99", "default", "mongo:27017/MONGO,web:443/HTTPS,-:9/TCP"]
+    found = problems(out)
+    assert len(found) == 2
+    assert found[0].startswith("host one.db.global shares an address with another host")
+    assert (
+        "ports mongo 27017/MONGO, unnamed 9/TCP by address alone" in found[0]
+        and "443" not in found[0]
+        and "IST0134" in found[0]
+    )
+    status, out = check(capsys, str(tmp_path), "--auto-allocate")  # an address each: nothing to tell apart
+    assert (status, problems(out)) == (0, [])
+
+
+def test_auto_allocation_says_which_address_was_probed_after_a_collision(tmp_path, capsys):
+    pool, seen = Pool(AUTO_V4), {}
+    for i in itertools.count():  # two names that hash to one IPv4 address
+        first = seen.setdefault(pool.preferred(f"h{i}.global"), f"h{i}.global")
+        if first != f"h{i}.global":
+            break
+    second = f"h{i}.global"
+    (tmp_path / "a.yaml").write_text(
+        PORTED.format(name="one", host=first).replace("db\n", 'db\n  creationTimestamp: "2024-01-01T00:00:00Z"\n', 1)
+        + "---\n"
+        + PORTED.format(name="two", host=second)
+    )
+    status, out = check(capsys, str(tmp_path), "--auto-allocate")
+    assert status == 0
+    rows = table_rows(out)
+    assert rows[first][0] == f"{pool.preferred(first)} (preferred),{Pool(AUTO_V6).preferred(first)} (preferred)"
+    probed, v6 = rows[second][0].split(",")
+    assert probed.endswith(" (probed)") and probed.split()[0] != str(pool.preferred(first))
+    assert v6.endswith(" (preferred)")

@@ -71,6 +71,9 @@ V4, V6 = ipaddress.ip_address("240.0.0.1"), ipaddress.ip_address("2001:db8::1")
         pytest.param(["--service-entries", "/etc/se"], {"service_entries": "/etc/se"}, id="service-entries"),
         pytest.param(["--ttl", "10"], {"ttl": 10}, id="ttl"),
         pytest.param(["--ttl", "0"], {"ttl": 0}, id="ttl-0"),
+        pytest.param(["--negative-ttl", "5"], {"negative_ttl": 5}, id="negative-ttl"),
+        pytest.param(["--ptr", "false"], {"ptr": False}, id="ptr-false"),
+        pytest.param(["--ptr", "True"], {}, id="ptr-true-is-the-default"),
         pytest.param(["--default-address", "240.0.0.1"], {"default_address": (V4,)}, id="default-address"),
         pytest.param(
             ["--default-address", "240.0.0.1", "--default-address", "2001:db8::1"],
@@ -109,6 +112,8 @@ def test_flags(argv, expected):
         pytest.param({"GLOBALDNS_ZONE": "Global.,Mesh"}, {"zones": ("global", "mesh")}, id="zone"),
         pytest.param({"GLOBALDNS_SERVICE_ENTRIES": "/se"}, {"service_entries": "/se"}, id="service-entries"),
         pytest.param({"GLOBALDNS_TTL": "10"}, {"ttl": 10}, id="ttl"),
+        pytest.param({"GLOBALDNS_NEGATIVE_TTL": "3"}, {"negative_ttl": 3}, id="negative-ttl"),
+        pytest.param({"GLOBALDNS_PTR": "off"}, {"ptr": False}, id="ptr-off"),
         pytest.param(
             {"GLOBALDNS_DEFAULT_ADDRESS": "240.0.0.1,2001:db8::1"}, {"default_address": (V4, V6)}, id="default-address"
         ),
@@ -178,6 +183,9 @@ def test_flag_wins_over_environment(argv, environ, expected):
         pytest.param(["--workers", "-2"], {}, "--workers", id="workers-negative"),
         pytest.param(["--no-such-flag"], {}, "--no-such-flag", id="unknown-flag"),
         pytest.param([], {"GLOBALDNS_TTL": "x"}, "GLOBALDNS_TTL", id="env-ttl"),
+        pytest.param(["--negative-ttl", "-1"], {}, "--negative-ttl", id="negative-ttl"),
+        pytest.param(["--ptr", "maybe"], {}, "--ptr", id="ptr"),
+        pytest.param([], {"GLOBALDNS_PTR": "2"}, "GLOBALDNS_PTR", id="env-ptr"),
         pytest.param([], {"GLOBALDNS_TTL": "\u00b2"}, "GLOBALDNS_TTL", id="env-ttl-superscript"),
         pytest.param([], {"GLOBALDNS_TTL": ""}, "GLOBALDNS_TTL", id="env-ttl-empty"),
         pytest.param([], {"GLOBALDNS_LISTEN": ":53,nohost"}, "GLOBALDNS_LISTEN", id="env-listen"),

@@ -18,15 +18,16 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.reversename
 import pytest
 
 from globaldns import compiler, table, wire
 from globaldns.allocate import Pool
 from globaldns.compiler import Compiler
-from globaldns.name import to_wire
+from globaldns.name import to_text, to_wire
 from globaldns.resolver import Resolver
 from globaldns.serviceentry import AUTO_ALLOCATE_LABEL, ServiceEntry
-from tests.helpers import ask
+from tests.helpers import Channel, ask
 from tests.helpers import entry as se
 from tests.processes import REPO
 
@@ -861,3 +862,205 @@ def test_a_changed_wildcard_or_a_large_change_rebuilds():
     assert patching.patch(served, many, [], 4) is None
     served = patching.build((a,), 5)
     assert patching.patch(served, [], [se(["never.global"], ["240.0.0.4"])], 6) is None  # changes that do not fit
+
+
+# -- SRV for named ports ------------------------------------------------------------------------------------------
+
+SRV, PTR, TXT = dns.rdatatype.SRV, dns.rdatatype.PTR, dns.rdatatype.TXT
+PORTS = [
+    {"name": "http", "number": 8000, "protocol": "HTTP"},
+    {"name": "dns", "number": 53, "protocol": "UDP"},
+    {"name": "mongo", "number": 27017, "protocol": "mongo"},
+    {"number": 9},
+]
+
+
+def ported() -> table.Table:
+    return build(se(["httpbin.bar.global", "*.w.global"], ["240.0.0.2", "2001:db8::2"], ports=PORTS))
+
+
+@pytest.mark.parametrize(
+    ("name", "port"),
+    [
+        ("_http._tcp.httpbin.bar.global", 8000),
+        ("_dns._udp.httpbin.bar.global", 53),
+        ("_mongo._tcp.httpbin.bar.global", 27017),
+    ],
+    ids=["http", "udp", "other-protocol-is-tcp"],
+)
+def test_each_named_port_is_one_srv_record_with_the_hosts_addresses_as_extra_data(name: str, port: int):
+    for rdtype in (SRV, ANY):
+        reply = ask(ported(), name.upper(), rdtype)  # the target points into the question, as asked
+        assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA
+        [rrset] = reply.answer
+        assert (rrset.rdtype, rrset.ttl, rrset.name) == (SRV, 30, dns.name.from_text(name))
+        [srv] = rrset
+        assert (srv.priority, srv.weight, srv.port, srv.target) == (
+            0,
+            100,
+            port,
+            dns.name.from_text("httpbin.bar.global"),
+        )
+        extra = {(rrset.name.to_text().lower(), rrset.rdtype): [r.address for r in rrset] for rrset in reply.additional}
+        assert extra == {("httpbin.bar.global.", A): ["240.0.0.2"], ("httpbin.bar.global.", AAAA): ["2001:db8::2"]}
+
+
+@pytest.mark.parametrize(
+    ("name", "rdtype", "expected"),
+    [
+        ("_tcp.httpbin.bar.global", A, "nodata"),  # an empty non-terminal
+        ("_udp.httpbin.bar.global", SRV, "nodata"),
+        ("_http._tcp.httpbin.bar.global", A, "nodata"),  # another type at the SRV name
+        ("_http._tcp.httpbin.bar.global", TXT, "nodata"),
+        ("_http._udp.httpbin.bar.global", SRV, "nxdomain"),  # the port is TCP
+        ("_x._tcp.httpbin.bar.global", SRV, "nxdomain"),
+        ("_._tcp.httpbin.bar.global", SRV, "nxdomain"),  # the unnamed port has no SRV name
+        ("_http._tcp.q.w.global", SRV, "wildcard"),  # no SRV below a wildcard: it answers as today
+    ],
+)
+def test_around_the_srv_names(name: str, rdtype: Any, expected: str):
+    reply = ask(ported(), name, rdtype)
+    if expected == "nodata":
+        assert_nodata(reply)
+    elif expected == "nxdomain":
+        assert_nxdomain(reply)
+    else:
+        assert_nodata(reply)  # the wildcard has addresses, no SRV
+        assert_answer(ask(ported(), name, A), ["240.0.0.2"])
+
+
+def test_ports_come_from_the_winner_of_a_contested_host():
+    older = se(["h.global"], ["240.0.0.1"], name="old", created="2024-01-01T00:00:00Z", ports=[PORTS[0]])
+    newer = se(["h.global"], ["240.0.0.2"], name="new", created="2025-01-01T00:00:00Z", ports=[PORTS[1]])
+    compiled = build(newer, older)
+    assert ask(compiled, "_http._tcp.h.global", SRV).answer[0][0].port == 8000
+    assert_nxdomain(ask(compiled, "_dns._udp.h.global", SRV))
+
+
+def test_srv_extra_data_is_dropped_by_whole_rrsets_when_it_does_not_fit():
+    many = [f"240.0.{i // 250}.{i % 250 + 1}" for i in range(40)] + [f"2001:db8::{i:x}" for i in range(1, 9)]
+    compiled = build(se(["big.global"], many, ports=[PORTS[0]]))
+    reply = ask(compiled, "_http._tcp.big.global", SRV)  # 512 bytes without EDNS: 40 A records do not fit
+    assert not reply.flags & dns.flags.TC  # the answer is whole: only extra data was left out
+    assert len(reply.answer[0]) == 1
+    assert [(rrset.rdtype, len(rrset)) for rrset in reply.additional] == []  # never part of the 40
+    assert len(reply.to_wire()) <= 512
+    message = dns.message.make_query("_http._tcp.big.global", SRV)
+    whole = Resolver(compiled).answer(message.to_wire(), ("127.0.0.1", 1), Channel(tcp=True))
+    assert whole is not None
+    assert [(rrset.rdtype, len(rrset)) for rrset in dns.message.from_wire(whole).additional] == [(A, 40), (AAAA, 8)]
+
+
+def test_srv_names_follow_patches_of_ports_and_addresses():
+    patching = new_compiler()
+    one = se(["p.global"], ["240.0.0.1"], name="p", ports=[PORTS[0]])
+    served = patching.build((one,), 1)
+    two = se(["p.global"], ["240.0.0.9"], name="p", ports=[PORTS[1]])
+    patch = patching.patch(served, [two], [one], 2)
+    assert patch is not None
+    served.apply(patch)
+    assert_nxdomain(ask(served, "_http._tcp.p.global", SRV))
+    assert_nxdomain(ask(served, "_tcp.p.global"))  # no SRV name below it any more
+    reply = ask(served, "_dns._udp.p.global", SRV)
+    assert reply.answer[0][0].port == 53 and reply.additional[0][0].address == "240.0.0.9"
+
+
+# -- PTR for the addresses one host has ----------------------------------------------------------------------------
+
+
+def reverse(address: str) -> str:
+    return dns.reversename.from_address(address).to_text()
+
+
+@pytest.mark.parametrize("address", ["240.0.0.2", "2001:db8::2"])
+def test_an_address_of_one_host_answers_ptr_to_it(address: str):
+    compiled = build(se(["httpbin.bar.global"], ["240.0.0.2", "2001:db8::2"]))
+    for rdtype in (PTR, ANY):
+        reply = ask(compiled, reverse(address), rdtype)
+        assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA
+        [rrset] = reply.answer
+        assert (rrset.rdtype, rrset.ttl, [r.target.to_text() for r in rrset]) == (PTR, 30, ["httpbin.bar.global."])
+    reply = ask(compiled, reverse(address), A)  # the name exists; globaldns has no reverse zone, so no SOA
+    assert (reply.rcode(), reply.answer, reply.authority) == (dns.rcode.NOERROR, [], [])
+
+
+def reverse_names(compiled: table.Table) -> set[str]:
+    return {to_text(name) for name in compiled.names if name.endswith((b"\x04arpa\x00",))}
+
+
+def test_ptr_only_where_one_exact_host_has_the_address():
+    compiled = build(
+        se(["a.global"], ["240.0.0.1"], name="a"),
+        se(["b.global", "c.global"], ["240.0.0.2"], name="bc"),  # shared: nobody's PTR
+        se(["*.w.global"], ["240.0.0.3"], name="w"),  # a wildcard's
+        se(["d.global"], status=[("d.global", "240.0.0.4")], name="d"),  # Istio's allocation counts
+        se(["e.global"], name="e"),  # --default-address: shared by design
+        default_addresses=[ipaddress.ip_address("240.0.0.5")],
+    )
+    assert reverse_names(compiled) == {reverse("240.0.0.1"), reverse("240.0.0.4")}
+    assert ask(compiled, reverse("240.0.0.4"), PTR).answer[0][0].target.to_text() == "d.global."
+
+
+def test_ptr_false_serves_no_reverse_names():
+    assert reverse_names(build(se(["a.global"], ["240.0.0.1"]), ptr=False)) == set()
+
+
+# -- allocation without collisions ---------------------------------------------------------------------------------
+
+
+def colliding(count: int) -> list[str]:
+    """`count` names that hash to one IPv4 address of the auto range."""
+    pool, by_address = Pool(compiler.AUTO_V4), {}
+    for i in range(1_000_000):
+        names = by_address.setdefault(pool.preferred(f"c{i}.global"), [])
+        names.append(f"c{i}.global")
+        if len(names) == count:
+            return names
+    raise AssertionError("no collision found")
+
+
+def test_auto_allocation_gives_colliding_hosts_different_addresses_and_the_oldest_its_own():
+    first, second, third = colliding(3)
+    compiled = build(
+        se([third], name="t", created="2026-01-01T00:00:00Z"),
+        se([second], name="s", created="2025-01-01T00:00:00Z"),
+        se([first], name="f", created="2024-01-01T00:00:00Z"),
+        auto_allocate=True,
+    )
+    v4 = {name: compiled.hosts[name].addresses[0] for name in (first, second, third)}
+    assert len(set(v4.values())) == 3
+    assert v4[first] == preferred(first)[0] and compiled.hosts[first].preferred == (True, True)
+    assert compiled.hosts[second].preferred == compiled.hosts[third].preferred == (False, True)
+    assert compiled.stats().contested == 2
+    for name, address in v4.items():  # every auto address is one host's: a PTR to it
+        assert ask(compiled, reverse(str(address)), PTR).answer[0][0].target.to_text() == name + "."
+
+
+def test_auto_allocation_avoids_explicit_addresses_and_honours_the_opt_out_label():
+    name = "httpbin.bar.global"
+    taken = str(preferred(name)[0])
+    opted_out = se(["out.global"], name="out", labels={AUTO_ALLOCATE_LABEL: "false"})
+    compiled = build(se([name], name="auto"), se(["x.global"], [taken], name="x"), opted_out, auto_allocate=True)
+    assert str(compiled.hosts[name].addresses[0]) != taken
+    assert compiled.hosts[name].preferred == (False, True)
+    assert "out.global" not in compiled.hosts
+    assert_nxdomain(ask(compiled, "out.global"))
+
+
+def test_hosts_sharing_an_address_with_a_port_routed_by_address_are_counted_and_explained():
+    ports = [{"name": "web", "number": 443, "protocol": "HTTPS"}, {"name": "db", "number": 5432, "protocol": "TCP"}]
+    compiled = build(
+        se(["a.global", "b.global"], ["240.0.0.1"], name="ab", ports=ports),
+        se(["c.global", "d.global"], ["240.0.0.2"], name="cd", ports=[ports[0]]),  # HTTPS: told apart by SNI
+        se(["e.global"], ["240.0.0.3"], name="e", ports=ports),  # an address of its own
+    )
+    assert {name for name, host in compiled.hosts.items() if host.shared} == {
+        "a.global",
+        "b.global",
+        "c.global",
+        "d.global",
+    }
+    assert {name for name, host in compiled.hosts.items() if host.problem} == {"a.global", "b.global"}
+    assert "port db 5432/TCP by address alone" in compiled.hosts["a.global"].problem
+    assert compiled.stats().unroutable == 2
+    assert_answer(ask(compiled, "a.global"), ["240.0.0.1"])  # served all the same

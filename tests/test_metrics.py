@@ -24,7 +24,7 @@ from globaldns.server import Server
 from globaldns.sources import SourceStats
 from globaldns.telemetry import PLUGIN, Counters, outcome
 from tests.fakes.upstream import Upstream
-from tests.helpers import ManualSource, http_get, run_server
+from tests.helpers import ManualSource, entry, http_get, run_server
 from tests.processes import exchange
 
 S = "dns://:53"
@@ -422,3 +422,28 @@ def test_merge_adds_what_each_process_holds_keeps_the_oldest_time_and_the_first_
         ("process_resident_memory_bytes", frozenset()): 82e6,
         ("process_max_fds", frozenset()): 1024,
     }
+
+
+def test_addresses_by_origin_collisions_exhaustion_and_unroutable_hosts(monkeypatch):
+    monkeypatch.setattr(compiler, "AUTO_V4", ipaddress.ip_network("240.240.0.0/29"))  # room for 6 hosts
+    mongo = [{"name": "mongo", "number": 27017, "protocol": "MONGO"}]
+    entries = [
+        entry(["spec.global"], ["240.0.0.1", "2001:db8::1"], name="spec"),
+        entry(["status.global"], status=[("status.global", "240.0.0.2")], name="status"),
+        *(entry([f"auto{i}.global"], name=f"auto{i}", ports=mongo) for i in range(8)),
+    ]
+    auto = resolver.Resolver(compiler.compile(entries, ["global"], ttl=30, serial=1, auto_allocate=True))
+    scrape = registry_of(answers=auto).get_sample_value
+    assert {origin: scrape("globaldns_addresses", {"origin": origin}) for origin in table.ORIGINS} == {
+        "spec": 2, "status": 1, "default": 0, "auto": 6 + 8,
+    }  # fmt: skip
+    contested = sum(host.preferred.count(False) for host in auto.table.hosts.values())
+    assert scrape("globaldns_auto_addresses_contested") == contested > 0  # 8 names in 6 addresses collide
+    assert scrape("globaldns_auto_addresses_exhausted") == 2
+    assert scrape("globaldns_unroutable_hosts") == 0  # every address is one host's
+    default = compiler.compile(
+        entries, ["global"], ttl=30, serial=1, default_addresses=[ipaddress.ip_address("240.0.0.9")]
+    )
+    scrape = registry_of(answers=resolver.Resolver(default)).get_sample_value
+    assert scrape("globaldns_addresses", {"origin": "default"}) == 8
+    assert scrape("globaldns_unroutable_hosts") == 8  # MONGO on the one address they share

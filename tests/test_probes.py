@@ -113,14 +113,28 @@ def test_describe_says_where_each_endpoint_is_for_the_start_up_line(metrics):
     assert line == (expected + ", metrics on http://127.0.0.1:9153/metrics and /table" if metrics else expected)
 
 
-def test_table_json_says_for_each_name_its_addresses_and_where_they_come_from():
-    compiled = compiler.compile(
-        [entry(["b.global", "a.global"], ["240.0.0.2", "2001:db8::2"], name="x")], ["global"], ttl=30, serial=1
-    )
+def test_table_json_says_for_each_name_its_addresses_ports_and_where_they_come_from():
+    mongo = [{"name": "mongo", "number": 27017, "protocol": "MONGO"}]
+    entries = [
+        entry(["b.global", "a.global"], ["240.0.0.2", "2001:db8::2"], name="x", ports=mongo),
+        entry(["c.global"], name="y"),
+    ]
+    compiled = compiler.compile(entries, ["global"], ttl=30, serial=1, auto_allocate=True)
     status, kind, body = table_json(compiled.hosts)
     assert (status, kind) == (200, "application/json")
-    assert json.loads(body) == {
-        name: {"addresses": ["240.0.0.2", "2001:db8::2"], "from": "spec", "serviceentry": "foo/x", "origin": ""}
-        for name in ("a.global", "b.global")
-    }
-    assert list(json.loads(body)) == ["a.global", "b.global"]  # sorted
+    table = json.loads(body)
+    for name in ("a.global", "b.global"):  # one address for both, and a port routed by address: a problem
+        assert table[name] == {
+            "addresses": ["240.0.0.2", "2001:db8::2"],
+            "from": "spec",
+            "serviceentry": "foo/x",
+            "origin": "",
+            "ports": mongo,
+            "shared": True,
+            "problem": compiled.hosts[name].problem,
+        }
+        assert "IST0134" in table[name]["problem"]
+    auto = table["c.global"]
+    assert (auto["from"], auto["preferred"], auto["shared"], "problem" in auto) == ("auto", [True, True], False, False)
+    assert auto["ports"] == [{"name": "http", "number": 80, "protocol": "HTTP"}]
+    assert list(table) == ["a.global", "b.global", "c.global"]  # sorted

@@ -36,6 +36,25 @@ def test_the_soa_ttl_and_minimum_are_the_negative_ttl():
     assert (rrset.ttl, rrset[0].minimum) == (3600, 3600)
 
 
+def test_srv_and_its_extra_addresses_point_into_the_question():
+    question = "_http._tcp.HttpBin.bar.global."
+    target_at = records.QUESTION_AT + len("_http") + len("_tcp") + 2
+    srv = records.srv(8000, target_at, 30)
+    extra = records.address(ipaddress.ip_address("240.0.0.2"), 30, target_at)
+    counts = struct.pack("!HHHHH", 0x8400, 1, 1, 0, 1)
+    body = to_wire(question) + struct.pack("!HH", wire.SRV, wire.IN) + srv + extra
+    reply = dns.message.from_wire(b"\x00\x01" + counts + body)
+    assert len(srv) == 20  # however long the name
+    [rdata] = reply.answer[0]
+    assert (rdata.priority, rdata.weight, rdata.port, rdata.target.to_text()) == (0, 100, 8000, "HttpBin.bar.global.")
+    assert (reply.additional[0].name.to_text(), reply.additional[0][0].address) == ("HttpBin.bar.global.", "240.0.0.2")
+
+
+def test_ptr_spells_the_host_out():
+    (rrset,) = in_reply("2.0.0.240.in-addr.arpa.", records.ptr("httpbin.bar.global", 30)).answer
+    assert (rrset.rdtype, rrset.ttl, rrset[0].target.to_text()) == (dns.rdatatype.PTR, 30, "httpbin.bar.global.")
+
+
 def test_the_ns_at_the_apex_owned_by_the_question_keeps_the_querys_case():
     ns = records.owned_by_question(records.ns("mesh.example", 30), to_wire("mesh.example"))
     (rrset,) = in_reply("MeSh.ExAmPlE.", ns).answer

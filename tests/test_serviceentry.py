@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import ipaddress
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from ipaddress import ip_address
 from typing import Any
@@ -508,3 +509,62 @@ def test_the_fast_address_parser_accepts_exactly_what_ipaddress_accepts(text):
     assert fast == expected or (fast is None and "%" in text)
     addresses = ServiceEntry.from_dict(with_spec(addresses=[text])).addresses
     assert addresses == ((expected,) if expected else ()) or text.endswith(("/32", "/128"))
+
+
+# -- ports and the auto-allocation label ---------------------------------------------------------
+
+
+def test_ports_are_read_with_protocol_upper_case_and_tcp_when_absent():
+    entry = ServiceEntry.from_dict(
+        with_spec(
+            ports=[
+                {"name": "HTTP-Web", "number": 80, "protocol": "http"},
+                {"number": 9},
+                {"name": "d", "number": 53, "protocol": "UDP"},
+            ]
+        )
+    )
+    assert entry.ports == (Port("http-web", 80, "HTTP"), Port("", 9, "TCP"), Port("d", 53, "UDP"))
+    assert [port.transport for port in entry.ports] == ["tcp", "tcp", "udp"]
+    assert [port.routed_by_address for port in entry.ports] == [False, True, True]
+    assert entry.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("port", "says"),
+    [
+        ({"name": "a", "number": 0}, r"spec\.ports\[1\]\.number 0 is not a port number"),
+        ({"name": "a", "number": 65536}, r"spec\.ports\[1\]\.number 65536"),
+        ({"name": "a", "number": "80"}, r"spec\.ports\[1\]\.number '80'"),
+        ({"name": "a", "number": True}, r"spec\.ports\[1\]\.number True"),
+        ({"name": "a_b", "number": 1}, r"spec\.ports\[1\]\.name 'a_b' is not a DNS label"),
+        ({"name": "x" * 63, "number": 1}, r"spec\.ports\[1\]\.name 'x+' is not a DNS label of at most 62"),
+        ({"name": "-a", "number": 1}, r"spec\.ports\[1\]\.name '-a'"),
+        ({"name": "a", "number": 1, "protocol": 6}, r"spec\.ports\[1\]\.protocol 6 is not a string"),
+        ({"name": "http", "number": 81}, r"spec\.ports\[1\]\.name 'http' is used by an earlier port"),
+        ("http", r"spec\.ports\[1\] is not a mapping"),
+    ],
+)
+def test_a_bad_port_is_skipped_with_a_warning_and_the_entry_kept(port: Any, says: str):
+    entry = ServiceEntry.from_dict(with_spec(addresses=["240.0.0.2"], ports=[{"name": "http", "number": 80}, port]))
+    assert entry.hosts == ("httpbin.bar.global",) and entry.addresses == (ip_address("240.0.0.2"),)
+    assert entry.ports == (Port("http", 80, "TCP"),)
+    [warning] = entry.warnings
+    assert re.search(says, warning) and warning.endswith("; skipped")
+
+
+def test_ports_that_are_not_a_list_are_a_warning():
+    entry = ServiceEntry.from_dict(with_spec(ports={"name": "http"}))
+    assert (entry.ports, entry.warnings) == ((), ("foo/httpbin: spec.ports is not a list; skipped",))
+
+
+def test_entries_with_the_same_ports_share_one_tuple():
+    ports = [{"name": "http", "number": 80, "protocol": "HTTP"}]
+    one, two = (ServiceEntry.from_dict(with_spec(ports=copy.deepcopy(ports))) for _ in range(2))
+    assert one.ports is two.ports
+
+
+@pytest.mark.parametrize(("value", "allocated"), [("false", False), ("False", False), ("true", True), (None, True)])
+def test_the_istio_label_opts_an_entry_out_of_auto_allocation(value: str | None, allocated: bool):
+    labels = {serviceentry.AUTO_ALLOCATE_LABEL: value} if value is not None else {"app": "x"}
+    assert ServiceEntry.from_dict(with_metadata(labels=labels)).auto_allocate is allocated

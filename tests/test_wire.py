@@ -423,6 +423,19 @@ def test_truncate_additional_cut_does_not_set_tc():
     assert parsed.edns == 0 and len(parsed.additional) == ar - 1
 
 
+def test_truncate_drops_extra_data_by_whole_rrsets():
+    """RFC 2181 section 9: never part of an RRset as extra data (a resolver would cache half a host's addresses)."""
+    reply = dns.message.make_response(dns.message.make_query("_http._tcp.h.global", "SRV", use_edns=False))
+    reply.answer.append(dns.rrset.from_text("_http._tcp.h.global.", 30, "IN", "SRV", "0 100 80 h.global."))
+    reply.additional.append(dns.rrset.from_text("h.global.", 30, "IN", "AAAA", "2001:db8::1"))
+    reply.additional.append(dns.rrset.from_text("h.global.", 30, "IN", "A", *(f"240.0.0.{i}" for i in range(1, 40))))
+    packet = reply.to_wire()
+    cut = dns.message.from_wire(wire.truncate(packet, 512))
+    assert not cut.flags & dns.flags.TC
+    assert [(rrset.rdtype, len(rrset)) for rrset in cut.additional] == [(dns.rdatatype.AAAA, 1)]  # no A at all
+    assert len(cut.answer[0]) == 1
+
+
 def test_truncate_keeps_an_opt_that_is_not_last():
     glue = [a_record(owner=wire_name(f"glue{i}.example"), address=bytes((192, 0, 2, i))) for i in range(40)]
     packet = header(wire.QR | wire.AA, ar=41) + GOOD + wire.opt_record(False) + b"".join(glue)

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from globaldns import __version__
+from globaldns.table import ORIGINS
 from tests.fakes.upstream import Upstream
 from tests.processes import EXAMPLES, ServerProcess, exchange, free_port
 
@@ -139,6 +140,10 @@ def test_the_whole_exposition_parses_with_every_family(scrape: Scrape):
         "globaldns_serviceentries": "gauge",
         "globaldns_names": "gauge",
         "globaldns_conflicts": "gauge",
+        "globaldns_addresses": "gauge",
+        "globaldns_auto_addresses_contested": "gauge",
+        "globaldns_auto_addresses_exhausted": "gauge",
+        "globaldns_unroutable_hosts": "gauge",
         "globaldns_source_syncs": "counter",
         "globaldns_source_last_sync_timestamp_seconds": "gauge",
         "globaldns_watch_restarts": "counter",
@@ -278,6 +283,9 @@ def test_globaldns_metrics_for_the_examples(scrape: Scrape):
     assert scrape.series("globaldns_serviceentries") == {labels(state="valid"): 8, labels(state="invalid"): 0}
     assert scrape.value("globaldns_names") == 7
     assert scrape.value("globaldns_conflicts") == 1  # payments.billing.global
+    addresses = {origin: scrape.value("globaldns_addresses", origin=origin) for origin in ORIGINS}
+    assert addresses == {"spec": 9, "status": 1, "default": 0, "auto": 0}
+    assert scrape.value("globaldns_unroutable_hosts") == 0
     syncs = scrape.value("globaldns_source_syncs_total", source="files", result="success")
     assert syncs is not None and syncs >= 1
     assert scrape.value("globaldns_source_syncs_total", source="files", result="failure") == 0
@@ -294,42 +302,56 @@ def test_table_lists_every_name_with_its_source(scrape: Scrape):
             "from": "spec",
             "serviceentry": "foo/shop-wildcard",
             "origin": f"{httpbin}#3",
+            "ports": [],
+            "shared": False,
         },
         "details.bookinfo.global": {
             "addresses": ["240.240.0.7"],
             "from": "status",
             "serviceentry": "bookinfo/details",
             "origin": f"{bookinfo}#0.items[1]",
+            "ports": [],
+            "shared": False,
         },
         "httpbin.bar.global": {
             "addresses": ["240.0.0.2"],
             "from": "spec",
             "serviceentry": "foo/httpbin-bar",
             "origin": f"{httpbin}#0",
+            "ports": [{"name": "http1", "number": 8000, "protocol": "HTTP"}],
+            "shared": False,
         },
         "payments.billing.global": {
             "addresses": ["240.0.0.20"],
             "from": "spec",
             "serviceentry": "billing/payments",
             "origin": f"{conflict}#0",
+            "ports": [],
+            "shared": False,
         },
         "productpage.bookinfo.global": {
             "addresses": ["240.0.0.11", "240.0.0.12", "240.0.0.13"],
             "from": "spec",
             "serviceentry": "bookinfo/productpage",
             "origin": f"{bookinfo}#0.items[0]",
+            "ports": [],
+            "shared": False,
         },
         "reviews.default.global": {
             "addresses": ["240.0.0.3", "2001:db8::3"],
             "from": "spec",
             "serviceentry": "foo/reviews-default",
             "origin": f"{httpbin}#1",
+            "ports": [],
+            "shared": False,
         },
         "tcp-echo.legacy.global": {
             "addresses": ["240.0.0.4"],
             "from": "spec",
             "serviceentry": "foo/tcp-echo-legacy",
             "origin": f"{httpbin}#2",
+            "ports": [{"name": "tcp", "number": 9000, "protocol": "TCP"}],
+            "shared": False,
         },
     }
 
