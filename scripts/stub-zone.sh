@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
 # Prints the cluster DNS configuration that forwards the `global` zone to globaldns.
-#   scripts/stub-zone.sh [-k|-c|-a] [-z ZONE] [-n NAMESPACE] [-s SERVICE] [IP]
+#   scripts/stub-zone.sh [-k|-c|-a] [-z ZONE]... [-n NAMESPACE] [-s SERVICE] [IP]
 # IP is the globaldns Service's ClusterIP; without it the script asks the cluster:
 #   kubectl -n NAMESPACE get svc SERVICE -o jsonpath='{.spec.clusterIP}'   (defaults: istio-system, globaldns)
 # What it prints (all three when no option is given):
 #   -k  kube-dns and NodeLocal DNSCache: the kube-system/kube-dns ConfigMap with stubDomains (YAML)
 #   -c  CoreDNS: the server block to add to the Corefile (kube-system/coredns, key Corefile)
 #   -a  AKS: the kube-system/coredns-custom ConfigMap with the same server block (YAML)
+# -z is repeatable (default global): add the reverse zones of the addresses, e.g. -z global -z 240.in-addr.arpa.
 # -k and -a print one manifest each, ready for `| kubectl apply -f -`. Exit 2 on bad usage or no IP.
 set -euo pipefail
 
 usage() {
-  sed -n '2,11s/^# \{0,1\}//p' "$0" >&2
+  sed -n '2,12s/^# \{0,1\}//p' "$0" >&2
   exit "${1:-2}"
 }
 
-zone=global namespace=istio-system service=globaldns what=""
+zones=() namespace=istio-system service=globaldns what=""
 while getopts "kcaz:n:s:h" option; do
   case $option in
     k | c | a) what="$what$option" ;;
-    z) zone=${OPTARG%.} ;;
+    z) zones+=("${OPTARG%.}") ;;
     n) namespace=$OPTARG ;;
     s) service=$OPTARG ;;
     h) usage 0 ;;
@@ -29,6 +30,8 @@ done
 shift $((OPTIND - 1))
 [ $# -le 1 ] || usage
 [ -n "$what" ] || what=kca
+[ ${#zones[@]} -gt 0 ] || zones=(global)
+zone=${zones[0]}
 
 if [ $# -eq 1 ]; then
   ip=$1
@@ -55,13 +58,25 @@ case $ip in
 esac
 
 server_block() {
-  printf '%s:53 {\n    errors\n    cache 30\n    forward . %s\n}\n' "$zone" "$forward_to"
+  printf '%s:53 ' "${zones[@]}"
+  printf '{\n    errors\n    cache 30\n    forward . %s\n}\n' "$forward_to"
+}
+
+stub_domains() {
+  # {"global": ["IP"], "240.in-addr.arpa": ["IP"]}
+  local separator="" each
+  printf '{'
+  for each in "${zones[@]}"; do
+    printf '%s"%s": ["%s"]' "$separator" "$each" "$ip"
+    separator=", "
+  done
+  printf '}\n'
 }
 
 kube_dns() {
   cat <<EOF
-# kube-dns and NodeLocal DNSCache: forward $zone to globaldns ($ip). If kube-dns already has
-# stubDomains, add "$zone" to that JSON instead of replacing it.
+# kube-dns and NodeLocal DNSCache: forward ${zones[*]} to globaldns ($ip). If kube-dns already has
+# stubDomains, add these to that JSON instead of replacing it.
 apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -69,7 +84,7 @@ metadata:
   namespace: kube-system
 data:
   stubDomains: |
-    {"$zone": ["$ip"]}
+    $(stub_domains)
 EOF
 }
 

@@ -253,6 +253,16 @@ def test_stub_zone_script_prints_what_the_overlay_holds():
     assert everything.returncode == 0 and everything.stdout.count("\n---\n") == 2
 
 
+def test_stub_zone_script_forwards_reverse_zones_too():
+    zones = ("-z", "global", "-z", "240.in-addr.arpa.")
+    kube_dns = yaml.safe_load(run_stub_zone("-k", *zones, "10.0.0.5").stdout)
+    assert json.loads(kube_dns["data"]["stubDomains"]) == {"global": ["10.0.0.5"], "240.in-addr.arpa": ["10.0.0.5"]}
+    corefile = run_stub_zone("-c", *zones, "10.0.0.5").stdout
+    assert "global:53 240.in-addr.arpa:53 {" in corefile
+    aks = yaml.safe_load(run_stub_zone("-a", *zones, "10.0.0.5").stdout)
+    assert aks["data"]["global.server"].startswith("global:53 240.in-addr.arpa:53 {")
+
+
 def test_stub_zone_script_ipv6_zone_and_errors(tmp_path: Path):
     result = run_stub_zone("-c", "-z", "mesh.example.", "fd00::53")
     assert result.returncode == 0, result.stderr

@@ -323,6 +323,8 @@ def test_srv_extra_data_dropped_by_whole_rrsets_without_tc(server: ServerProcess
 @pytest.mark.parametrize("host", [BIG, MID])
 def test_srv_extra_data_whole_over_tcp_and_large_edns(server: ServerProcess, host: str):
     v4, v6 = (BIG_V4, BIG_V6) if host == BIG else (MID_V4, MID_V6)
+    for _ in range(3):  # the cut UDP reply, kept for repeats of these query bytes, must not reach TCP clients
+        udp_without_edns(server, f"_http._tcp.{host}")
     for reply in (
         server.query(f"_http._tcp.{host}", "SRV", tcp=True),
         server.query(f"_http._tcp.{host}", "SRV", use_edns=0, payload=1232),  # about 940 bytes
@@ -360,7 +362,6 @@ def test_dig_x(server: ServerProcess, upstream: Upstream):
     assert status == "NOERROR" and "aa" in flags
     output = dig(server, "-x", WEB_V6)
     assert re.search(rf"^{re.escape(reverse(WEB_V6))}\s+{TTL}\s+IN\s+PTR\s+{re.escape(WEB)}\.$", output, re.M)
-    assert reverse(WEB_V6).endswith(".ip6.arpa.")
     # forwarded reverse names: each its own address (the cache would answer a second query for one)
     assert dig(server, "-x", SHARED_V4_DIG, "+short").split() == [FORWARDED]
     assert upstream.count(reverse(SHARED_V4_DIG), "PTR") == 1
@@ -386,11 +387,10 @@ def test_ptr_of_an_address_one_host_has(server: ServerProcess, address: str, hos
 
 
 def test_other_types_at_our_reverse_name_are_empty(server: ServerProcess, upstream: Upstream):
-    before = len(upstream.queries)
     for rdtype in ("A", "TXT", "SRV"):
         reply = server.query(reverse(WEB_V4), rdtype)
         assert (reply.rcode(), reply.answer, reply.authority) == (dns.rcode.NOERROR, [], [])
-    assert upstream.count(reverse(WEB_V4)) == 0 and len(upstream.queries) - before < 3  # (health probes aside)
+    assert upstream.count(reverse(WEB_V4)) == 0
 
 
 @pytest.mark.parametrize(
@@ -529,13 +529,19 @@ def test_live_changes_to_ports_and_addresses(start_server, tmp_path: Path, upstr
     server = start_server(
         "--service-entries", str(path), "--upstream", f"127.0.0.1:{upstream.port}", "--reload", "0.05"
     )
-    assert srv_ports(f"_http._tcp.{host}") == [80]
-    assert_nxdomain(server.query(f"_metrics._tcp.{host}", "SRV"))
-    assert_ours(server.query(reverse("240.10.1.1"), "PTR"), host, ttl=30)
+    # Each answer asked twice before it changes: the server keeps a reply from the second time a query comes, and
+    # must forget it when the table changes.
+    for _ in range(2):
+        assert srv_ports(f"_http._tcp.{host}") == [80]
+        assert_nxdomain(server.query(f"_metrics._tcp.{host}", "SRV"))
+        assert_ours(server.query(reverse("240.10.1.1"), "PTR"), host, ttl=30)
+        # not ours yet: forwarded, then answered from the cache (whose reply is kept too); ours after the change
+        assert ptr_target(server.query(reverse("240.10.1.2"), "PTR")) == FORWARDED
 
     write("240.10.1.1", [*HTTP, {"number": 9100, "name": "metrics", "protocol": "TCP"}])
-    assert srv_ports(f"_metrics._tcp.{host}") == [9100]
-    assert srv_ports(f"_http._tcp.{host}") == [80]
+    for _ in range(2):
+        assert srv_ports(f"_metrics._tcp.{host}") == [9100]
+        assert srv_ports(f"_http._tcp.{host}") == [80]
 
     write("240.10.1.1", HTTP)
     assert_nxdomain(server.query(f"_metrics._tcp.{host}", "SRV"))
