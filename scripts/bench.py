@@ -4,6 +4,8 @@ Workloads (1,000 `.global` names; a local upstream for forwarded names):
   W1 `.global` A hits   W2 NXDOMAIN misses (`miss-N.global`, `wwwN.example.com.global`)   W3 cache hits
   (100 forwarded names, warm)   W4 AAAA NODATA of IPv4-only names   W5 cache misses (unique names)
   W1-tcp (pipelined)   and W1-W4 again with EDNS (`dnsperf -e`), as CoreDNS and NodeLocal DNSCache send.
+  W6 SRV hits (`_http._tcp.svc-N...`, one SRV and its A as extra data)   W7 PTR hits (`dig -x` of each address):
+  globaldns's own records (the Go reference has none), to compare with W1 on the same server.
 For each: queries/s, average and p99 latency (p99 from a separate short `dnsperf -v` run), lost
 queries, and the server's own CPU time per answered query from /proc/PID/stat, summed over its processes
 (so `--against '--workers 2'` counts every worker). With --vs, the other server runs the same workloads in
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import itertools
 import os
 import re
@@ -63,8 +66,10 @@ WORKLOADS = [
     Workload("W2 edns", "w2.txt", ("-e",)),
     Workload("W3 edns", "w3.txt", ("-e",), warm=True),
     Workload("W4 edns", "w4.txt", ("-e",)),
+    Workload("W6 SRV hits", "w6.txt"),
+    Workload("W7 PTR hits", "w7.txt"),
 ]
-QUICK = [WORKLOADS[0], WORKLOADS[2], WORKLOADS[5], WORKLOADS[6]]
+QUICK = [WORKLOADS[0], WORKLOADS[2], WORKLOADS[5], WORKLOADS[6], WORKLOADS[10], WORKLOADS[11]]
 
 
 @dataclass
@@ -82,7 +87,7 @@ def write_inputs(work: Path, names: int) -> None:
     hosts = [(f"svc-{i}.ns-{i % 10}.global", f"240.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}") for i in range(names)]
     documents = [
         f"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc-{i}, namespace: ns-{i % 10}}}\n"
-        f"spec: {{hosts: [{host}], addresses: [{address}]}}\n"
+        f"spec: {{hosts: [{host}], addresses: [{address}], ports: [{{name: http, number: 80, protocol: HTTP}}]}}\n"
         for i, (host, address) in enumerate(hosts)
     ]
     (work / "entries.yaml").write_text("---\n".join(documents))
@@ -98,6 +103,9 @@ def write_inputs(work: Path, names: int) -> None:
     (work / "w2.txt").write_text("".join(misses))
     (work / "w3.txt").write_text("".join(f"name{i}.example.com A\n" for i in range(100)))
     (work / "w4.txt").write_text("".join(f"{host} AAAA\n" for host, _ in hosts))
+    (work / "w6.txt").write_text("".join(f"_http._tcp.{host} SRV\n" for host, _ in hosts))
+    reverse = (ipaddress.ip_address(address).reverse_pointer for _, address in hosts)
+    (work / "w7.txt").write_text("".join(f"{name} PTR\n" for name in reverse))
 
 
 def write_fresh(queries: Path, run: int) -> None:

@@ -30,7 +30,7 @@ def quick(script: str) -> list[str]:
 def test_bench_quick_runs():
     lines = quick("bench.py")
     assert lines[0].startswith("dnsperf -c 10 -q 100")
-    for workload in ("W1 A hits", "W3 cache hits", "W1 tcp", "W1 edns"):
+    for workload in ("W1 A hits", "W3 cache hits", "W1 tcp", "W1 edns", "W6 SRV hits", "W7 PTR hits"):
         row = next(line for line in lines if line.startswith(workload))
         assert row.split()[-1] == "0"  # no query lost
     assert any(line.startswith("RSS MB") for line in lines)
