@@ -17,7 +17,7 @@ from typing import Any
 from globaldns import heap, records, wire
 from globaldns.allocate import Pool
 from globaldns.config import IPAddress
-from globaldns.name import to_wire
+from globaldns.name import reverse_name, to_wire
 from globaldns.serviceentry import Port, ServiceEntry
 from globaldns.table import OTHER, SLOT_COUNT, SLOTS, Host, Patch, Records, Table, Zone
 from globaldns.telemetry import PLUGIN, outcome
@@ -70,6 +70,13 @@ class Compiler:
         self._holders: dict[IPAddress, str | set[str]] = {}  # address -> the served host (or hosts) that have it
         self._held_before: dict[IPAddress, int] = {}  # holders of each address changed by _place, before it
         self._pools = (Pool(AUTO_V4), Pool(AUTO_V6))
+        self._reverse_answers: dict[
+            int, tuple[tuple[bytes, ...], wire.Answer]
+        ] = {}  # version -> the heads of a PTR answer, and NODATA: one of each for every name
+        for version, zone in REVERSE_ZONES.items():
+            result = outcome(zone, wire.NOERROR, PLUGIN)
+            nodata = (wire.reply_heads(wire.NOERROR, 0, 0, recursion), (b"",), result)
+            self._reverse_answers[version] = (wire.reply_heads(wire.NOERROR, 1, 0, recursion), nodata)
 
     def unsynced(self) -> Table:
         """The table before the first snapshot: zones only, whose every answer is SERVFAIL (nothing is known yet,
@@ -242,7 +249,8 @@ class Compiler:
                 shared = any(self._holders_count(address) > 1 for address in host.addresses)
                 if shared != host.shared:
                     placed[name] = dataclasses.replace(host, shared=shared)
-        return placed, set(self._held_before)
+        touched, self._held_before = set(self._held_before), {}
+        return placed, touched
 
     def _pool(self, host: Host, step: int) -> None:
         """Tell the allocation about a host that appears (step 1) or goes (-1): an auto host wants addresses,
@@ -350,7 +358,7 @@ class Compiler:
         for address in addresses:
             found = self._pointer_records(address, host_of)
             if found is not None or removals:
-                names[to_wire(address.reverse_pointer)] = found
+                names[reverse_name(address)] = found
 
     def _zone_of(self, host: str) -> str | None:
         """The longest zone the host is in (a wildcard `*.z` counts as inside z), or None."""
@@ -419,9 +427,8 @@ class Compiler:
         host = host_of(held) if isinstance(held, str) else None
         if host is None or host.source == "default" or host.name.startswith("*."):
             return None
-        result = outcome(REVERSE_ZONES[address.version], wire.NOERROR, PLUGIN)
-        found = (wire.reply_heads(wire.NOERROR, 1, 0, self.recursion), (records.ptr(host.name, self.ttl),), result)
-        nodata = (wire.reply_heads(wire.NOERROR, 0, 0, self.recursion), (b"",), result)
+        heads, nodata = self._reverse_answers[address.version]
+        found = (heads, (records.ptr(to_wire(host.name), self.ttl),), nodata[2])
         return nodata, nodata, found, nodata, nodata, nodata, found, nodata
 
     def _empty_records(self, table: Table, wire_name: bytes, zone: Zone) -> Records:
@@ -454,9 +461,11 @@ def srv_names(host: Host) -> list[str]:
 
 def _port_at(name: str, host_of: Callable[[str], Host | None]) -> tuple[Host, Port] | None:
     """The host and port whose SRV name `name` is, if it is one."""
+    if name[0] != "_":  # most names: no SRV name
+        return None
     service, _, rest = name.partition(".")
     proto, _, host_name = rest.partition(".")
-    if len(service) < 2 or service[0] != "_" or proto not in ("_tcp", "_udp"):
+    if len(service) < 2 or proto not in ("_tcp", "_udp"):
         return None
     host = host_of(host_name)
     if host is None:

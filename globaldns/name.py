@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from globaldns.config import IPAddress
+
+_LENGTHS = [bytes((length,)) for length in range(64)]
+_OCTETS = [_LENGTHS[len(str(octet))] + str(octet).encode() for octet in range(256)]  # 2 -> b"\x012"
+_NIBBLES = [b"\x01" + b"%x" % (byte & 15) + b"\x01" + b"%x" % (byte >> 4) for byte in range(256)]
+_IN_ADDR, _IP6 = b"\x07in-addr\x04arpa\x00", b"\x03ip6\x04arpa\x00"
+
 
 def to_wire(text: str) -> bytes:
     """`httpbin.bar.global` (with a trailing dot or without) -> b'\\x07httpbin\\x03bar\\x06global\\x00'; the root
     is b'\\x00'."""
-    wire_name = bytearray()
-    for label in text.encode("ascii").split(b"."):
-        if label:
-            wire_name.append(len(label))
-            wire_name += label
-    wire_name.append(0)
-    return bytes(wire_name)
+    lengths = _LENGTHS
+    return b"".join([lengths[len(label)] + label for label in text.encode("ascii").split(b".") if label]) + b"\x00"
+
+
+def reverse_name(address: IPAddress) -> bytes:
+    """The wire name of an address's PTR record: `2.0.0.240.in-addr.arpa`, or the 32 nibbles of `ip6.arpa`."""
+    table, suffix = (_OCTETS, _IN_ADDR) if address.version == 4 else (_NIBBLES, _IP6)
+    return b"".join([table[byte] for byte in reversed(address.packed)]) + suffix
 
 
 def to_text(wire_name: bytes) -> str:

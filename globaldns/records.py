@@ -43,14 +43,12 @@ def srv(port: int, target_at: int, ttl: int) -> bytes:
     return bytes(buffer.data)
 
 
-def ptr(host: str, ttl: int) -> bytes:
-    """The PTR record to `host` owned by the question name; the host is spelled out (the question is a reverse
-    name: nothing to point to)."""
+def ptr(host: bytes, ttl: int) -> bytes:
+    """The PTR record to the wire name `host` owned by the question name; the host is spelled out (the question is
+    a reverse name: nothing to point to)."""
     buffer = DNSBuffer()
-    buffer.pack("!HHHIH", 0xC000 | QUESTION_AT, wire.PTR, wire.IN, ttl, 0)
-    rdata_at = buffer.offset
-    buffer.encode_name_nocompress(f"{host}.")
-    return _finish(buffer, rdata_at)
+    buffer.pack("!HHHIH", 0xC000 | QUESTION_AT, wire.PTR, wire.IN, ttl, len(host))
+    return bytes(buffer.data) + host
 
 
 def soa(zone: str, negative_ttl: int, serial: int) -> bytes:

@@ -144,10 +144,14 @@ class ServerProcess:
         assert self.process.stderr is not None
         self.stderr = StderrLog(self.process.stderr)
         self.log = self.stderr.lines
-        self.port = int(self.wait_for(_DNS_PORT).group(1))
-        self.wait_for(r"^(?!.*(worker=\d|\"worker\": \d)).*ready on http://")  # the start-up line of the pod's
-        if loaded:
-            self.wait_for(r"serving \d+ names")
+        try:
+            self.port = int(self.wait_for(_DNS_PORT).group(1))
+            self.wait_for(r"^(?!.*(worker=\d|\"worker\": \d)).*ready on http://")  # the start-up line of the pod's
+            if loaded:
+                self.wait_for(r"serving \d+ names")
+        except BaseException:  # a server that never came up is stopped here: nobody else holds it
+            terminate(self.process, 5)
+            raise
 
     def mark(self) -> int:
         """A position in the log: wait_for(..., after=mark) looks only at lines logged later."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
-from globaldns.name import to_text, to_wire
+from globaldns.name import reverse_name, to_text, to_wire
 
 
 @pytest.mark.parametrize(
@@ -27,3 +29,9 @@ def test_to_text_undoes_to_wire(name):
 
 def test_to_text_escapes_bytes_outside_ascii():
     assert to_text(b"\x04a\xffb\xc3\x06global\x00") == "a\\xffb\\xc3.global."
+
+
+@pytest.mark.parametrize("address", ["240.0.0.2", "10.255.0.1", "0.0.0.0", "2001:db8::2", "::", "fd00::ab:cdef"])
+def test_reverse_name_is_the_ptr_owner_of_an_address(address):
+    ip = ipaddress.ip_address(address)
+    assert reverse_name(ip) == to_wire(ip.reverse_pointer)  # 2.0.0.240.in-addr.arpa, nibbles for IPv6

@@ -51,7 +51,7 @@ def test_srv_and_its_extra_addresses_point_into_the_question():
 
 
 def test_ptr_spells_the_host_out():
-    (rrset,) = in_reply("2.0.0.240.in-addr.arpa.", records.ptr("httpbin.bar.global", 30)).answer
+    (rrset,) = in_reply("2.0.0.240.in-addr.arpa.", records.ptr(to_wire("httpbin.bar.global"), 30)).answer
     assert (rrset.rdtype, rrset.ttl, rrset[0].target.to_text()) == (dns.rdatatype.PTR, 30, "httpbin.bar.global.")
 
 
