@@ -266,7 +266,10 @@ class Compiler:
             return
         for address in host.addresses:
             pool = self._pools[address.version == 6]
-            pool.reserve(address) if step > 0 else pool.release(address)
+            if step > 0:
+                pool.reserve(address)
+            else:
+                pool.release(address)
 
     def _settle(self) -> set[str]:
         """The auto hosts whose addresses changed."""

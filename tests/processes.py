@@ -195,3 +195,16 @@ class ServerProcess:
             self.process.stderr.close()
         assert status is not None, "still running 10 s after SIGTERM (killed)"
         return status
+
+
+def dig(server: ServerProcess, *args: str) -> str:
+    """`dig` against the server: its output (dig exits non-zero only when it gets no reply at all)."""
+    command = ["dig", "@127.0.0.1", "-p", str(server.port), "+time=2", "+tries=1", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout
+
+
+def status_and_flags(output: str) -> tuple[str, set[str]]:
+    """The status and header flags dig printed."""
+    status = re.search(r"status: (\w+)", output).group(1)  # type: ignore[union-attr]
+    flags = set(re.search(r";; flags: ([a-z ]+);", output).group(1).split())  # type: ignore[union-attr]
+    return status, flags

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 
 import pytest
 
-from tests.processes import ServerProcess
+from tests.processes import ServerProcess, dig, status_and_flags
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dig") is None and not __import__("os").environ.get("CI"), reason="dig not installed"
 )
-
-
-def dig(server: ServerProcess, *args: str) -> str:
-    command = ["dig", "@127.0.0.1", "-p", str(server.port), "+time=2", "+tries=1", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout
-
-
-def status_and_flags(output: str) -> tuple[str, set[str]]:
-    status = re.search(r"status: (\w+)", output).group(1)  # type: ignore[union-attr]
-    flags = set(re.search(r";; flags: ([a-z ]+);", output).group(1).split())  # type: ignore[union-attr]
-    return status, flags
 
 
 @pytest.mark.parametrize("transport", ["+notcp", "+tcp"])

@@ -8,7 +8,6 @@ import ipaddress
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import yaml
 from globaldns.allocate import Pool
 from tests.fakes.upstream import Response, Upstream, answer, default_handler
 from tests.helpers import manifest
-from tests.processes import ServerProcess, exchange
+from tests.processes import ServerProcess, dig, exchange, status_and_flags
 
 needs_dig = pytest.mark.skipif(shutil.which("dig") is None and not os.environ.get("CI"), reason="dig not installed")
 
@@ -77,17 +76,6 @@ def write_entries(path: Path, documents: list[dict[str, Any]]) -> None:
 
 def reverse(address: str) -> str:
     return dns.reversename.from_address(address).to_text()
-
-
-def dig(server: ServerProcess, *args: str) -> str:
-    command = ["dig", "@127.0.0.1", "-p", str(server.port), "+time=2", "+tries=1", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout
-
-
-def status_and_flags(output: str) -> tuple[str, set[str]]:
-    status = re.search(r"status: (\w+)", output).group(1)  # type: ignore[union-attr]
-    flags = set(re.search(r";; flags: ([a-z ]+);", output).group(1).split())  # type: ignore[union-attr]
-    return status, flags
 
 
 def records(section: list[Any], rdtype: str) -> list[Any]:
